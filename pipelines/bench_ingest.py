@@ -1,0 +1,105 @@
+"""`tmkt bench ingest`: events per second for decode + bin + write, against tonic in the same run.
+
+Baseline: what tonic's tutorials do per file, `tonic.io.read_mnist_file` then `ToFrame(n_time_bins=T)`
+(no store write at all, so the ratio understates our lead). Ours: a full build into a fresh store
+with a 1-worker and a 2-worker Dask LocalCluster; cluster start-up is excluded from both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("tmkt.bench")
+
+
+def tonic_baseline(files: list[Path], time_bins: int) -> tuple[int, float]:
+    """(events, seconds) for tonic's per-file read + ToFrame."""
+    import tonic
+
+    to_frame = tonic.transforms.ToFrame(sensor_size=(34, 34, 2), n_time_bins=time_bins)
+    events = 0
+    started = time.perf_counter()
+    for file in files:
+        ev = tonic.io.read_mnist_file(str(file), dtype=tonic.datasets.NMNIST.dtype)
+        to_frame(ev)
+        events += len(ev)
+    return events, time.perf_counter() - started
+
+
+def timed_build(raw: Path, workers: int, time_bins: int, scratch: Path) -> tuple[int, float]:
+    """(events, seconds) for a full build with ``workers`` Dask workers (cluster already up)."""
+    from distributed import Client, LocalCluster
+
+    from pipelines.build import BuildConfig, run_build
+
+    config = BuildConfig(
+        source="nmnist",
+        raw=str(raw),
+        store=str(scratch / f"store-{workers}"),
+        time_bins=time_bins,
+        workers=workers,
+    )
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(lambda: __import__("pipelines.build"))  # warm imports on workers, like a served flow
+        started = time.perf_counter()
+        result = run_build(config, client=client)
+        seconds = time.perf_counter() - started
+    return result.report["events"], seconds
+
+
+def run(raw: Path, time_bins: int = 10, repeats: int = 1) -> dict[str, Any]:
+    files = sorted(raw.rglob("*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{raw}: no N-MNIST .bin files")
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        tonic_events, tonic_s = min(
+            (tonic_baseline(files, time_bins) for _ in range(repeats)), key=lambda r: r[1]
+        )
+        one = min(
+            (timed_build(raw, 1, time_bins, scratch / f"r{i}") for i in range(repeats)), key=lambda r: r[1]
+        )
+        two = min(
+            (timed_build(raw, 2, time_bins, scratch / f"s{i}") for i in range(repeats)), key=lambda r: r[1]
+        )
+    if one[0] != tonic_events:
+        raise RuntimeError(f"event counts differ: store {one[0]} vs tonic {tonic_events}")
+    result = {
+        "files": len(files),
+        "events": one[0],
+        "time_bins": time_bins,
+        "seconds_1_worker": one[1],
+        "seconds_2_workers": two[1],
+        "seconds_tonic": tonic_s,
+        "events_per_s": one[0] / one[1],
+        "events_per_s_2_workers": two[0] / two[1],
+        "tonic_events_per_s": tonic_events / tonic_s,
+    }
+    result["speedup_vs_tonic"] = result["events_per_s"] / result["tonic_events_per_s"]
+    result["speedup_2_workers_vs_tonic"] = result["events_per_s_2_workers"] / result["tonic_events_per_s"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tmkt bench ingest", description=__doc__)
+    parser.add_argument("--raw", required=True, type=Path, help="N-MNIST folder (Train/<digit>/*.bin)")
+    parser.add_argument("--json", required=True, type=Path, help="write the results here")
+    parser.add_argument("--time-bins", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=1, help="best of N runs of each")
+    args = parser.parse_args(argv)
+    result = run(args.raw, args.time_bins, args.repeats)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0

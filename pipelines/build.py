@@ -1,0 +1,730 @@
+"""Raw recordings and static images in, one new store snapshot out.
+
+A build runs in stages that pass paths and ids, never arrays, so an orchestrator can wrap each:
+
+1. `plan_build`: list the source, read the previous snapshot's manifest, assign splits, and cut the
+   work into batches. A refresh and a full build are the same plan: a recording whose content hash
+   is unchanged since the previous snapshot is *reused* (its events and frames are read back from
+   that snapshot) instead of decoded, a changed or new one is decoded, a removed one is dropped.
+2. `process_batch` (on Dask workers): hash, decode or reuse, bin to frames, quarantine bad files.
+3. `write_snapshot`: lay the good recordings out flat, write whole shards from the workers into one
+   Icechunk transaction, attach manifest and report, and commit once. Nothing is visible before
+   the commit, so a killed build leaves the previous snapshot untouched.
+
+When nothing changed (same files, same parameters, same frame keys) no commit is made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from pipelines.binning import bin_events
+from pipelines.errors import BadInput
+from pipelines.images import static_frames
+from pipelines.sources import get_source
+from pipelines.sources.base import EventItem, Listing, StaticItem
+from pipelines.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, assign_splits, split_rule_text
+from storage.reader import DatasetReader
+from storage.repo import StoreNotFound
+from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
+from storage.verify import events_digest, file_sha256
+from storage.writer import Transaction, shard_rows
+
+log = logging.getLogger("tmkt.build")
+
+#: Network input size per source when ``--size`` is not given (the sizes used in the literature).
+DEFAULT_SIZES = {
+    "nmnist": (34, 34),
+    "builtin": (34, 34),
+    "cifar10dvs": (48, 48),
+    "ncaltech101": (48, 48),
+    "dvsgesture": (64, 64),
+    "folder": (48, 48),
+}
+#: Sources with no published test set get a seeded per-class test split (9:1 with the val split).
+SOURCES_WITHOUT_TEST = {"cifar10dvs", "ncaltech101", "folder", "builtin"}
+#: Static images of uneven sizes (Caltech101) are stored resized to this size.
+STATIC_STORE_SIZE = (128, 128)
+
+
+class BuildError(RuntimeError):
+    """A build that cannot produce a useful snapshot; nothing was committed."""
+
+
+@dataclass
+class BuildConfig:
+    """Parameters of a build; they are recorded in the store and reused by refreshes."""
+
+    source: str
+    raw: str
+    store: str
+    static: str | None = None
+    time_bins: int = 10
+    size: tuple[int, int] | None = None
+    mode: str = "time"
+    denoise_us: int = 0
+    static_mode: str = "gray"
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    test_fraction: float | None = None
+    seed: int = 0
+    workers: int = 2
+    dask_address: str | None = None
+    max_bad_fraction: float = 0.1
+    batch_size: int = 32
+
+    def frame_spec(self) -> FrameSpec:
+        size = self.size or DEFAULT_SIZES.get(self.source, (48, 48))
+        return FrameSpec(self.time_bins, tuple(size), self.mode, self.denoise_us, self.static_mode)
+
+    def effective_test_fraction(self) -> float:
+        if self.test_fraction is not None:
+            return self.test_fraction
+        return DEFAULT_TEST_FRACTION if self.source in SOURCES_WITHOUT_TEST else 0.0
+
+    def data_params(self) -> dict[str, Any]:
+        """What shapes the data (not where it is or how many workers made it)."""
+        return {
+            "source": self.source,
+            "spec": self.frame_spec().to_attrs(),
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.effective_test_fraction(),
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class Work:
+    """One recording to produce, in store order."""
+
+    item: EventItem
+    split: str
+    previous: dict[str, Any] | None = None  # its manifest row in the previous snapshot
+    previous_index: int | None = None  # its row in the previous snapshot's events
+
+
+@dataclass
+class BuildPlan:
+    config: BuildConfig
+    classes: list[str]
+    work: list[Work]
+    statics: list[StaticItem]
+    static_splits: list[str]
+    bad_statics: list[tuple[str, str]]
+    specs: list[FrameSpec]
+    previous_snapshot: str | None
+    reuse_statics: bool
+    unchanged_params: bool
+    removed: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def batches(self) -> list[list[int]]:
+        size = max(1, self.config.batch_size)
+        return [list(range(i, min(i + size, len(self.work)))) for i in range(0, len(self.work), size)]
+
+
+@dataclass
+class BuildResult:
+    snapshot: str
+    committed: bool
+    report: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# 1. plan
+# --------------------------------------------------------------------------------------------
+def plan_build(config: BuildConfig) -> BuildPlan:
+    started = time.perf_counter()
+    source = get_source(config.source)
+    raw = Path(config.raw)
+    if config.source != "builtin" and not raw.is_dir():
+        raise BuildError(f"raw folder not found: {raw}")
+    static = Path(config.static) if config.static else None
+    if static is not None and not static.exists():
+        raise BuildError(f"static folder not found: {static}")
+    listing: Listing = source.list(raw, static)
+    if not listing.events:
+        raise BuildError(f"{raw}: no recordings of source '{config.source}' found")
+
+    previous = _open_previous(config.store)
+    spec = config.frame_spec()
+    specs = [spec]
+    prev_rows: dict[str, dict[str, Any]] = {}
+    prev_index: dict[str, int] = {}
+    unchanged_params = False
+    if previous is not None:
+        prev_rows = {row["path"]: row for row in previous.manifest}
+        prev_index = {path: i for i, path in enumerate(previous.sources)}
+        # Refreshes keep every representation the store already has.
+        specs += [s for k, s in previous.frame_keys().items() if k != spec.key]
+        unchanged_params = previous.attrs.get("data_params") == _jsonable(config.data_params())
+
+    labels = np.array([item.label for item in listing.events])
+    splits = assign_splits(
+        labels,
+        [item.split for item in listing.events],
+        config.val_fraction,
+        config.effective_test_fraction(),
+        config.seed,
+        keys=[item.path for item in listing.events],
+    )
+    work = [
+        Work(item, str(split), prev_rows.get(item.path), prev_index.get(item.path))
+        for item, split in zip(listing.events, splits, strict=True)
+    ]
+    static_splits = [s.split or "train" for s in listing.statics]
+    listed = {w.item.path for w in work} | {s.path for s in listing.statics}
+    removed = sorted(p for p, row in prev_rows.items() if p not in listed and row.get("kind") == "events")
+    plan = BuildPlan(
+        config=config,
+        classes=listing.classes,
+        work=work,
+        statics=listing.statics,
+        static_splits=static_splits,
+        bad_statics=listing.bad_statics,
+        specs=specs,
+        previous_snapshot=previous.snapshot_id if previous else None,
+        reuse_statics=previous is not None and _statics_unchanged(previous, listing, static, specs),
+        unchanged_params=unchanged_params,
+        removed=removed,
+    )
+    plan.timings["plan"] = time.perf_counter() - started
+    return plan
+
+
+def _open_previous(store: str) -> DatasetReader | None:
+    try:
+        return DatasetReader(store)
+    except StoreNotFound:
+        return None
+
+
+def _statics_unchanged(
+    previous: DatasetReader, listing: Listing, static: Path | None, specs: list[FrameSpec]
+) -> bool:
+    """True when the static files hash as before and every wanted representation exists."""
+    if static is None and listing.statics:
+        return False
+    old = {row["path"]: row["sha256"] for row in previous.manifest if row.get("kind") == "static"}
+    files = sorted({item.path for item in listing.statics})
+    if sorted(old) != files or not set(s.key for s in specs) <= set(previous.frame_keys()):
+        return False
+    root = static if static is not None else Path()
+    return all(file_sha256(root / path) == old[path] for path in files)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. process (runs on workers)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class BatchResult:
+    rows: list[dict[str, Any]]  # manifest rows, in work order
+    events: np.ndarray  # the good recordings' events, concatenated
+    counts: np.ndarray  # events per good recording
+    sensors: np.ndarray  # [n_good, 2] (width, height)
+    frames: dict[str, np.ndarray]  # key -> [n_good, T, 2, H, W]
+
+    def meta(self) -> dict[str, Any]:
+        return {"rows": self.rows, "counts": self.counts, "sensors": self.sensors}
+
+
+def hash_batch(plan: BuildPlan, indices: Sequence[int]) -> list[dict[str, Any]]:
+    """Manifest rows (size, content hash) of one batch: enough to tell what changed."""
+    raw = Path(plan.config.raw)
+    return [_manifest_row(raw, plan.work[i]) for i in indices]
+
+
+def process_batch(plan: BuildPlan, indices: Sequence[int], hashed: list[dict[str, Any]]) -> BatchResult:
+    """Decode or reuse, and bin one batch of recordings. Bad files become quarantine rows."""
+    source = get_source(plan.config.source)
+    raw = Path(plan.config.raw)
+    rows, events, sensors = [], [], []
+    frames: dict[str, list[np.ndarray]] = {spec.key: [] for spec in plan.specs}
+    previous = _previous_reader(plan.config.store, plan.previous_snapshot) if plan.previous_snapshot else None
+    for i, hashed_row in zip(indices, hashed, strict=True):
+        w = plan.work[i]
+        row = dict(hashed_row)
+        reused = _reuse(previous, w, row)
+        if reused is not None:
+            ev, sensor = reused
+            row["action"] = "reused"
+        elif row["status"] == "ok":
+            ev, sensor = _decode(source, raw, w.item, row)
+            row["action"] = "decoded"
+        if row["status"] != "ok":
+            rows.append(row)
+            continue
+        row["events"] = len(ev)
+        row["data_hash"] = events_digest(ev)
+        for spec in plan.specs:
+            old = _reuse_frames(previous, w, spec) if reused is not None else None
+            frames[spec.key].append(old if old is not None else bin_events(ev, sensor, spec))
+        rows.append(row)
+        events.append(ev)
+        sensors.append(sensor)
+    spec_shape = {s.key: (s.time_bins, 2, *s.size) for s in plan.specs}
+    return BatchResult(
+        rows=rows,
+        events=np.concatenate(events) if events else np.empty(0, EVENT_DTYPE),
+        counts=np.array([len(e) for e in events], dtype=np.int64),
+        sensors=np.array(sensors, dtype=np.int64).reshape(-1, 2),
+        frames={k: np.stack(v) if v else np.zeros((0, *spec_shape[k]), np.uint16) for k, v in frames.items()},
+    )
+
+
+def _manifest_row(raw: Path, w: Work) -> dict[str, Any]:
+    item = w.item
+    row: dict[str, Any] = {
+        "path": item.path,
+        "kind": "events",
+        "label": item.label,
+        "split": w.split,
+        "status": "ok",
+        "reason": "",
+    }
+    file = raw / item.path.split("#", 1)[0]
+    try:
+        row["size"] = file.stat().st_size
+        row["sha256"] = file_sha256(file)
+    except OSError as err:
+        row.update(size=0, sha256="", status="quarantined", reason=f"unreadable: {err.strerror or err}")
+        return row
+    if item.reason:
+        row.update(status="quarantined", reason=item.reason)
+    return row
+
+
+def _reuse(previous: DatasetReader | None, w: Work, row: dict[str, Any]) -> tuple[np.ndarray, Any] | None:
+    """Events of an unchanged recording, read back from the previous snapshot."""
+    old = w.previous
+    if previous is None or old is None or old.get("sha256") != row.get("sha256"):
+        return None
+    if old["status"] != "ok":
+        # known bad and unchanged: quarantined again without decoding
+        if row["status"] == "ok":
+            row.update(status="quarantined", reason=old["reason"])
+        return None
+    if w.previous_index is None or row["status"] != "ok":
+        return None
+    return previous.events(w.previous_index), tuple(int(v) for v in previous.sensor_sizes[w.previous_index])
+
+
+def _reuse_frames(previous: DatasetReader | None, w: Work, spec: FrameSpec) -> np.ndarray | None:
+    if previous is None or spec.key not in previous.frame_keys():
+        return None
+    return previous.event_frames(spec.key, np.array([w.previous_index]))[0]
+
+
+def _decode(source: Any, raw: Path, item: EventItem, row: dict[str, Any]) -> tuple[np.ndarray, Any]:
+    try:
+        events, sensor = source.decode(raw, item)
+    except BadInput as err:
+        row.update(status="quarantined", reason=err.reason)
+        return np.empty(0, EVENT_DTYPE), (0, 0)
+    except Exception as err:  # a reader bug must not cost the rest of the build: quarantine, named
+        row.update(status="quarantined", reason=f"unexpected {type(err).__name__}: {err}")
+        return np.empty(0, EVENT_DTYPE), (0, 0)
+    if len(events) == 0:
+        row.update(status="quarantined", reason="empty recording (no events)")
+    return events, sensor
+
+
+@lru_cache(maxsize=4)
+def _previous_reader(store: str, snapshot: str) -> DatasetReader:
+    return DatasetReader(store, snapshot)
+
+
+def load_statics(plan: BuildPlan, paths: Sequence[str]) -> dict[str, Any]:
+    """Load the static images of some files (containers are read once), with their frames."""
+    source = get_source(plan.config.source)
+    root = Path(plan.config.static) if plan.config.static else Path(plan.config.raw)
+    wanted = set(paths)
+    images, labels, splits, rows = [], [], [], []
+    by_file: dict[str, list[tuple[StaticItem, str]]] = {}
+    for item, split in zip(plan.statics, plan.static_splits, strict=True):
+        if item.path in wanted:
+            by_file.setdefault(item.path, []).append((item, split))
+    for path, entries in by_file.items():
+        file = root / path
+        row = {"path": path, "kind": "static", "status": "ok", "reason": "", "items": len(entries)}
+        try:
+            row["size"] = file.stat().st_size
+            row["sha256"] = file_sha256(file)
+            loaded = [source.load_static(root, item) for item, _ in entries]
+        except BadInput as err:
+            row.update(status="quarantined", reason=err.reason)
+        except OSError as err:
+            row.update(status="quarantined", reason=f"unreadable: {err.strerror or err}")
+        else:
+            images += loaded
+            labels += [item.label for item, _ in entries]
+            splits += [split for _, split in entries]
+        row.setdefault("size", 0)
+        row.setdefault("sha256", "")
+        rows.append(row)
+    return {"images": images, "labels": labels, "splits": splits, "rows": rows}
+
+
+# --------------------------------------------------------------------------------------------
+# 3. write + commit
+# --------------------------------------------------------------------------------------------
+def run_build(config: BuildConfig, client: Any = None, force: bool = False) -> BuildResult:
+    """Plan, process on Dask, and commit; the one entry point of the CLI and the flows."""
+    started = time.perf_counter()
+    plan = plan_build(config)
+    with _dask_client(config, client) as dask_client:
+        result = execute_plan(plan, dask_client, force=force)
+    result.report["timings"]["total"] = time.perf_counter() - started
+    return result
+
+
+def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResult:
+    started = time.perf_counter()
+    batches = plan.batches()
+    plan_future = client.scatter(plan, broadcast=True)
+    hashed = client.gather([client.submit(hash_batch, plan_future, b, pure=False) for b in batches])
+    plan.timings["hash"] = time.perf_counter() - started
+    changes = _changes(plan, [row for rows in hashed for row in rows])
+    if not force and plan.previous_snapshot and plan.unchanged_params and not any(changes.values()):
+        log.info("nothing changed since snapshot %s; no commit", plan.previous_snapshot)
+        report = _previous_reader(plan.config.store, plan.previous_snapshot).report
+        report.update(committed=False, snapshot=plan.previous_snapshot, changes={k: 0 for k in changes})
+        report["timings"] = dict(plan.timings)
+        return BuildResult(plan.previous_snapshot, False, report)
+
+    started = time.perf_counter()
+    futures = [
+        client.submit(process_batch, plan_future, b, h, pure=False)
+        for b, h in zip(batches, hashed, strict=True)
+    ]
+    metas = _gather_with_progress(client, [client.submit(BatchResult.meta, f) for f in futures], started)
+    plan.timings["process"] = time.perf_counter() - started
+    rows = [row for meta in metas for row in meta["rows"]]
+
+    quarantined = [r for r in rows if r["status"] != "ok"]
+    bad_fraction = len(quarantined) / max(1, len(rows))
+    if bad_fraction > plan.config.max_bad_fraction:
+        names = "; ".join(f"{r['path']}: {r['reason']}" for r in quarantined[:5])
+        raise BuildError(
+            f"{len(quarantined)} of {len(rows)} recordings are bad ({bad_fraction:.1%} > "
+            f"--max-bad-fraction {plan.config.max_bad_fraction:.1%}); nothing was committed. First: {names}"
+        )
+    if len(quarantined) == len(rows):
+        raise BuildError("no usable recordings; nothing was committed")
+
+    static = _gather_statics(plan, client)
+    started = time.perf_counter()
+    with Transaction(plan.config.store) as tx:
+        _write_recordings(tx, plan, futures, metas, rows)
+        _write_statics(tx, plan, static)
+        report = _report(plan, rows, static["rows"], metas, changes, bad_fraction)
+        _write_provenance(tx, plan, rows + static["rows"], report)
+        plan.timings["write"] = time.perf_counter() - started
+        report["timings"] = dict(plan.timings)
+        tx.root["report"].attrs.update(_jsonable(report))
+        snapshot = tx.commit(_commit_message(plan, changes), {"report": json.dumps(_jsonable(report))})
+    client.cancel(futures)
+    report["committed"] = True
+    report["snapshot"] = snapshot
+    return BuildResult(snapshot, True, report)
+
+
+def _gather_with_progress(client: Any, futures: list[Any], started: float) -> list[Any]:
+    """Results in submission order, with a log line (and rates) about every 10 % of the work."""
+    from distributed import as_completed
+
+    done = recordings = events = 0
+    step = max(1, len(futures) // 10)
+    for future in as_completed(futures):
+        meta = future.result()
+        done += 1
+        recordings += len(meta["rows"])
+        events += int(meta["counts"].sum())
+        if done % step == 0 or done == len(futures):
+            seconds = max(time.perf_counter() - started, 1e-9)
+            log.info(
+                "processed %d/%d batches: %d recordings, %.2f M events (%.0f recordings/s, %.2f M events/s)",
+                done,
+                len(futures),
+                recordings,
+                events / 1e6,
+                recordings / seconds,
+                events / seconds / 1e6,
+            )
+    return client.gather(futures)
+
+
+def _changes(plan: BuildPlan, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    added, changed = [], []
+    for w, row in zip(plan.work, rows, strict=True):
+        if w.previous is None:
+            added.append(row["path"])
+        elif w.previous.get("sha256") != row.get("sha256") or w.previous.get("split") != row["split"]:
+            changed.append(row["path"])
+    new_keys = [] if plan.previous_snapshot is None else _new_frame_keys(plan)
+    # a recording that was quarantined before and is unchanged stays quarantined: no change
+    return {
+        "added": added,
+        "changed": changed,
+        "removed": plan.removed,
+        "new_frames": new_keys,
+        "statics": [] if plan.reuse_statics else ["reloaded"],
+    }
+
+
+def _new_frame_keys(plan: BuildPlan) -> list[str]:
+    have = set(_previous_reader(plan.config.store, plan.previous_snapshot).frame_keys())
+    return [s.key for s in plan.specs if s.key not in have]
+
+
+def _gather_statics(plan: BuildPlan, client: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    if plan.reuse_statics:
+        previous = _previous_reader(plan.config.store, plan.previous_snapshot)
+        result = {
+            "reused": previous,
+            "rows": [r for r in previous.manifest if r.get("kind") == "static"],
+        }
+    else:
+        files = sorted({s.path for s in plan.statics})
+        chunks = [files[i : i + 64] for i in range(0, len(files), 64)]
+        parts = client.gather([client.submit(load_statics, plan, c, pure=False) for c in chunks])
+        result = {
+            key: [v for part in parts for v in part[key]] for key in ("images", "labels", "splits", "rows")
+        }
+        result["rows"] += [
+            {"path": p, "kind": "static", "status": "quarantined", "reason": r, "size": 0, "sha256": ""}
+            for p, r in plan.bad_statics
+        ]
+    plan.timings["statics"] = time.perf_counter() - started
+    return result
+
+
+def _write_recordings(
+    tx: Transaction, plan: BuildPlan, futures: list[Any], metas: list[dict[str, Any]], rows: list[dict]
+) -> None:
+    counts = np.concatenate([m["counts"] for m in metas])
+    sensors = np.concatenate([m["sensors"] for m in metas])
+    good = [r for r in rows if r["status"] == "ok"]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    tx.write_array("events/offsets", offsets)
+    tx.write_array("events/label", np.array([r["label"] for r in good], dtype=np.int16))
+    tx.write_array("events/split", np.array([SPLITS.index(r["split"]) for r in good], dtype=np.uint8))
+    tx.write_array("events/width", sensors[:, 0].astype(np.uint16))
+    tx.write_array("events/height", sensors[:, 1].astype(np.uint16))
+
+    sources, targets = [], []
+    parts = [(f, m) for f, m in zip(futures, metas, strict=True) if len(m["counts"])]
+    for name in EVENT_DTYPE.names:
+        dtype = EVENT_DTYPE[name]
+        target = tx.create_array(f"events/{name}", (int(offsets[-1]),), dtype, kind="events")
+        pieces = [
+            da.from_delayed(dask.delayed(_event_field)(f, name), (int(m["counts"].sum()),), dtype)
+            for f, m in parts
+        ]
+        sources.append(da.concatenate(pieces).rechunk(shard_rows("events")))
+        targets.append(target)
+    for spec in plan.specs:
+        shape = (spec.time_bins, 2, *spec.size)
+        group = tx.root.require_group(f"frames/{spec.key}")
+        group.attrs.update(spec.to_attrs())
+        target = tx.create_array(f"frames/{spec.key}/events", (len(counts), *shape), np.uint16)
+        pieces = [
+            da.from_delayed(dask.delayed(_frames_of)(f, spec.key), (len(m["counts"]), *shape), np.uint16)
+            for f, m in parts
+        ]
+        sources.append(da.concatenate(pieces).rechunk((shard_rows("samples"), *shape)))
+        targets.append(target)
+    from icechunk.dask import store_dask  # storage stays free of Dask; the writing side lives here
+
+    tx.add_writer_forks([store_dask(sources=sources, targets=targets)])
+
+
+def _event_field(result: BatchResult, name: str) -> np.ndarray:
+    return np.ascontiguousarray(result.events[name])
+
+
+def _frames_of(result: BatchResult, key: str) -> np.ndarray:
+    return result.frames[key]
+
+
+def _write_statics(tx: Transaction, plan: BuildPlan, static: dict[str, Any]) -> None:
+    previous: DatasetReader | None = static.get("reused")
+    if previous is not None:
+        images, labels, splits = previous.images(), previous.image_labels, previous.image_splits
+        statics = {spec.key: previous.static_frames(spec.key) for spec in plan.specs}
+    else:
+        images = _stack_images(static["images"])
+        labels = np.array(static["labels"], dtype=np.int16)
+        splits = np.array([SPLITS.index(s) for s in static["splits"]], dtype=np.uint8)
+        statics = {spec.key: _static_frames_of(static["images"], spec) for spec in plan.specs}
+    tx.write_array("images/data", images)
+    tx.write_array("images/label", labels.astype(np.int16))
+    tx.write_array("images/split", splits.astype(np.uint8))
+    for key, frames in statics.items():
+        tx.write_array(f"frames/{key}/static", frames)
+
+
+def _stack_images(images: list[np.ndarray]) -> np.ndarray:
+    """``[M, H, W, C]``: native size when all agree, else resized to STATIC_STORE_SIZE."""
+    if not images:
+        return np.zeros((0, *STATIC_STORE_SIZE, 1), np.uint8)
+    color = any(im.ndim == 3 for im in images)
+    as_hwc = [
+        (np.repeat(im[..., None], 3, axis=2) if color else im[..., None]) if im.ndim == 2 else im
+        for im in images
+    ]
+    if len({im.shape for im in as_hwc}) == 1:
+        return np.stack(as_hwc)
+    from PIL import Image
+
+    h, w = STATIC_STORE_SIZE
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).resize((w, h))).reshape(
+                h, w, -1
+            )
+            for im in as_hwc
+        ]
+    )
+
+
+def _static_frames_of(images: list[np.ndarray], spec: FrameSpec) -> np.ndarray:
+    if not images:
+        return np.zeros((0, *spec.size), np.uint8)
+    return np.stack([static_frames(im[None], spec.size, spec.static_mode)[0] for im in images])
+
+
+def _write_provenance(tx: Transaction, plan: BuildPlan, rows: list[dict], report: dict) -> None:
+    config = plan.config
+    spec = config.frame_spec()
+    good = [r for r in rows if r["status"] == "ok" and r["kind"] == "events"]
+    tx.root.attrs.update(
+        _jsonable(
+            {
+                "classes": plan.classes,
+                "source": config.source,
+                "raw_root": str(Path(config.raw).resolve()),
+                "static_root": str(Path(config.static).resolve()) if config.static else None,
+                "frames_key": spec.key,
+                "sensor_size": _dataset_sensor_size(config.source),
+                "split_rule": split_rule_text(
+                    config.val_fraction, config.effective_test_fraction(), config.seed
+                ),
+                "splits": list(SPLITS),
+                "build_params": {k: v for k, v in asdict(config).items()},
+                "data_params": config.data_params(),
+                "recording_sources": [r["path"] for r in good],
+                "parent_snapshot": plan.previous_snapshot,
+            }
+        )
+    )
+    tx.root.require_group("manifest").attrs["rows"] = _jsonable(rows)
+    tx.root.require_group("report")
+
+
+def _dataset_sensor_size(source: str) -> list[int] | None:
+    """The fixed sensor size of a source, when it has one (N-Caltech101 does not)."""
+    return {"nmnist": [34, 34], "builtin": [34, 34], "cifar10dvs": [128, 128], "dvsgesture": [128, 128]}.get(
+        source
+    )
+
+
+def _report(
+    plan: BuildPlan,
+    rows: list[dict],
+    static_rows: list[dict],
+    metas: list[dict],
+    changes: dict[str, list[str]],
+    bad_fraction: float,
+) -> dict[str, Any]:
+    good = [r for r in rows if r["status"] == "ok"]
+    events = int(sum(r.get("events", 0) for r in good))
+    process = plan.timings.get("process", 0.0)
+    return {
+        "source": plan.config.source,
+        "recordings": len(good),
+        "events": events,
+        "images": int(sum(r.get("items", 0) for r in static_rows if r["status"] == "ok")),
+        "classes": len(plan.classes),
+        "decoded": sum(1 for r in rows if r.get("action") == "decoded"),
+        "reused": sum(1 for r in rows if r.get("action") == "reused"),
+        "quarantined": [
+            {"path": r["path"], "kind": r["kind"], "reason": r["reason"]}
+            for r in rows + static_rows
+            if r["status"] != "ok"
+        ],
+        "bad_fraction": bad_fraction,
+        "changes": {k: len(v) for k, v in changes.items()},
+        "changed_paths": {k: v[:50] for k, v in changes.items() if k in ("added", "changed", "removed")},
+        "parent_snapshot": plan.previous_snapshot,
+        "frames_key": plan.config.frame_spec().key,
+        "events_per_s_processing": events / process if process else None,
+        "workers": plan.config.workers if not plan.config.dask_address else plan.config.dask_address,
+        "timings": dict(plan.timings),
+    }
+
+
+def _commit_message(plan: BuildPlan, changes: dict[str, list[str]]) -> str:
+    counts = ", ".join(f"{k} {len(v)}" for k, v in changes.items() if v)
+    kind = "refresh" if plan.previous_snapshot else "build"
+    return f"{kind} {plan.config.source}: {counts or 'no data change'}"
+
+
+def _jsonable(value: Any) -> Any:
+    """attrs are JSON: numpy scalars, tuples and paths become plain values."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+class _dask_client:
+    """The client to use: the caller's, an existing scheduler by address, or a LocalCluster."""
+
+    def __init__(self, config: BuildConfig, client: Any) -> None:
+        self.config, self.given, self.owned = config, client, []
+
+    def __enter__(self) -> Any:
+        if self.given is not None:
+            return self.given
+        from distributed import Client, LocalCluster
+
+        # distributed sets its loggers to INFO on import; its chatter would drown the progress lines
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
+        if self.config.dask_address:
+            client = Client(self.config.dask_address)
+        else:
+            cluster = LocalCluster(
+                n_workers=self.config.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+            self.owned.append(cluster)
+            client = Client(cluster)
+        self.owned.insert(0, client)
+        return client
+
+    def __exit__(self, *exc: object) -> None:
+        for thing in self.owned:
+            thing.close()

@@ -1,0 +1,76 @@
+"""Opening the Icechunk repository behind a store, and serializing its commits.
+
+A store path is a local directory or an object-store URL (``s3://bucket/prefix``, credentials from the
+environment as boto would find them). Every build is one commit on branch ``main``; readers pin a
+snapshot id, so a training job keeps reading the bytes it started on while a refresh commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import icechunk
+
+BRANCH = "main"
+
+# Icechunk warns on every open that the local filesystem is unsafe for concurrent commits; commits
+# here are serialized by `commit_lock`, so that warning is noise; ICECHUNK_LOG still overrides this.
+if "ICECHUNK_LOG" not in os.environ:
+    icechunk.set_logs_filter("error")
+
+
+class StoreNotFound(FileNotFoundError):
+    pass
+
+
+def is_url(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def _storage(path: str | Path) -> icechunk.Storage:
+    text = str(path)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text[len("s3://") :].partition("/")
+        return icechunk.s3_storage(bucket=bucket, prefix=prefix, from_env=True)
+    if is_url(text):
+        raise ValueError(f"unsupported store URL {text!r}: use a local path or s3://bucket/prefix")
+    return icechunk.local_filesystem_storage(str(Path(text).resolve()))
+
+
+def open_repository(path: str | Path, create: bool = False) -> icechunk.Repository:
+    """Open the repository at ``path``; with ``create`` make it when missing."""
+    storage = _storage(path)
+    if create:
+        if not is_url(path):
+            Path(path).mkdir(parents=True, exist_ok=True)
+        return icechunk.Repository.open_or_create(storage)
+    if not is_url(path) and not Path(path).exists():
+        raise StoreNotFound(f"store not found: {path} (build one with `tmkt build-dataset`)")
+    try:
+        return icechunk.Repository.open(storage)
+    except Exception as err:  # icechunk raises its own error types for a missing or foreign repo
+        raise StoreNotFound(f"{path} is not a TMKT store: {err}") from err
+
+
+@contextlib.contextmanager
+def commit_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock beside a local store for the whole of a build.
+
+    Icechunk on a local filesystem does not make concurrent commits safe, so a scheduled refresh and
+    a manual build queue here instead of racing. Object stores detect conflicting commits themselves.
+    """
+    if is_url(path):
+        yield
+        return
+    lock_path = Path(str(Path(path).resolve()) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class FrameSpec:
             raise ValueError(f"size must be (H, W) with positive sides, got {self.size}")
         object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
 
-    @property
+    @cached_property
     def key(self) -> str:
         payload = json.dumps({**asdict(self), "code": FRAMES_CODE_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

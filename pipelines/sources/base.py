@@ -54,3 +54,7 @@ class Source(Protocol):
     def load_static(self, static: Path, item: StaticItem) -> np.ndarray:
         """uint8 ``[H, W]`` or ``[H, W, 3]``."""
         ...
+
+    def default_static(self, raw: Path) -> Path | None:
+        """Where statics are when no static folder is given (the built-in source keeps its own)."""
+        ...

@@ -1,0 +1,119 @@
+"""CIFAR10-DVS recordings with CIFAR-10 static images.
+
+Events: ``raw/<class>/*.aedat`` (the original AEDAT 2.0 files, DVS128 128x128) or ``*.aedat4``
+(the AEDAT 4 repack); both may be mixed. There is no published split: the usual 9:1 per class
+(``test_fraction=0.1``), validation carved from the rest.
+
+Statics: the CIFAR-10 python batches, in ``static/cifar-10-batches-py/`` or directly in ``static/``:
+``data_batch_1..5`` (split "train") and ``test_batch`` (split "test"). CIFAR-10 label indices use
+the same class order as ``CIFAR10DVS_CLASSES``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.errors import BadInput
+from pipelines.formats import read_events
+from pipelines.formats.cifar import read_cifar_batch
+from pipelines.sources.base import EventItem, Listing, StaticItem
+from pipelines.sources.folder import class_folder_events, require_dir
+from pipelines.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, split_rule_text
+
+CIFAR10DVS_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
+EVENT_SUFFIXES = (".aedat", ".aedat4")
+BATCHES = [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]
+
+
+@functools.lru_cache(maxsize=6)
+def _cached_batch(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    # keyed by mtime and size too, so that a replaced file is read again
+    return read_cifar_batch(key[0])
+
+
+def read_batch_cached(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A whole CIFAR batch, read once per process: static images are loaded one by one."""
+    try:
+        stat = Path(path).stat()
+    except OSError as err:
+        raise BadInput(path, f"cannot read: {err}") from err
+    return _cached_batch((str(path), stat.st_mtime_ns, stat.st_size))
+
+
+def batches_root(static: Path) -> Path:
+    nested = static / "cifar-10-batches-py"
+    return nested if nested.is_dir() else static
+
+
+def list_cifar_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, str]]]:
+    root = batches_root(static)
+    items: list[StaticItem] = []
+    bad: list[tuple[str, str]] = []
+    for name, split in BATCHES:
+        path = root / name
+        if not path.is_file():
+            continue
+        rel = path.relative_to(static).as_posix()
+        try:
+            _, labels = read_batch_cached(path)
+        except BadInput as err:
+            bad.append((rel, err.reason))
+            continue
+        labels = np.asarray(labels)
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(CIFAR10DVS_CLASSES)):
+            bad.append((rel, "labels outside 0..9"))
+            continue
+        items += [StaticItem(rel, i, int(label), split) for i, label in enumerate(labels.tolist())]
+    return items, bad
+
+
+@dataclass
+class CIFAR10DVSSource:
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    split_seed: int = 0
+    name: str = "cifar10dvs"
+
+    @property
+    def split_rule(self) -> str:
+        return "no published split (9:1 per class); " + split_rule_text(
+            self.val_fraction, self.test_fraction, self.split_seed
+        )
+
+    def list(self, raw: Path, static: Path | None) -> Listing:
+        raw = require_dir(raw)
+        events = class_folder_events(raw, raw, CIFAR10DVS_CLASSES, EVENT_SUFFIXES)
+        statics, bad = [], []
+        if static is not None:
+            statics, bad = list_cifar_statics(require_dir(static, "static folder"))
+        return Listing(classes=list(CIFAR10DVS_CLASSES), events=events, statics=statics, bad_statics=bad)
+
+    def default_static(self, raw: Path) -> Path | None:
+        """Static root to use when none is given: this layout keeps none inside ``raw``."""
+        return None
+
+    def decode(self, raw: Path, item: EventItem) -> tuple[np.ndarray, tuple[int, int]]:
+        # .aedat: the version line decides (2.0 for the original files); .aedat4: the repack
+        return read_events(Path(raw) / item.path)
+
+    def load_static(self, static: Path, item: StaticItem) -> np.ndarray:
+        path = Path(static) / item.path
+        images, _ = read_batch_cached(path)
+        if not 0 <= item.index < len(images):
+            raise BadInput(path, f"index {item.index} outside {len(images)} images")
+        return np.ascontiguousarray(images[item.index])

@@ -1,0 +1,135 @@
+"""N-MNIST recordings with MNIST static images.
+
+Events: ``raw/{Train,Test}/<digit>/*.bin`` (ATIS 40-bit format, sensor 34x34); the folder fixes the
+split ("train"/"test"); validation items are carved from "train" later (see ``pipelines.splits``).
+
+Statics: MNIST IDX files in ``static/``: ``train-images-idx3-ubyte[.gz]`` with
+``train-labels-idx1-ubyte[.gz]`` (split "train") and ``t10k-images-idx3-ubyte[.gz]`` with
+``t10k-labels-idx1-ubyte[.gz]`` (split "test"); whatever is present is used. When only the t10k
+files are there (as in the project's real-data folder), they are the static source domain of
+training, so their split is "train": no static image ever meets an evaluation, which is on event
+data only, and a t10k digit is never the same instance as an N-MNIST *train* recording.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.errors import BadInput
+from pipelines.formats.idx import read_idx
+from pipelines.formats.nmnist import read_nmnist
+from pipelines.sources.base import EventItem, Listing, StaticItem
+from pipelines.sources.folder import class_folder_events, require_dir
+from pipelines.splits import DEFAULT_VAL_FRACTION, split_rule_text
+
+NMNIST_CLASSES = [str(digit) for digit in range(10)]
+NMNIST_SENSOR_SIZE = (34, 34)
+#: (folder, fixed split) of the official download
+EVENT_FOLDERS = (("Train", "train"), ("Test", "test"))
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_idx(key: tuple[str, int, int]) -> np.ndarray:
+    # keyed by mtime and size too, so that a replaced file is read again
+    return read_idx(key[0])
+
+
+def read_idx_cached(path: Path) -> np.ndarray:
+    """A whole IDX file, read once per process: static images are loaded one by one."""
+    try:
+        key = _file_key(Path(path))
+    except OSError as err:
+        raise BadInput(path, f"cannot read: {err}") from err
+    return _cached_idx(key)
+
+
+def _find(static: Path, stem: str) -> Path | None:
+    for name in (stem, f"{stem}.gz"):
+        if (static / name).is_file():
+            return static / name
+    return None
+
+
+def list_mnist_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, str]]]:
+    """StaticItems of the IDX pairs present in ``static`` (see the module docstring for splits)."""
+    pairs = {
+        prefix: (_find(static, f"{prefix}-images-idx3-ubyte"), _find(static, f"{prefix}-labels-idx1-ubyte"))
+        for prefix in ("train", "t10k")
+    }
+    only_t10k = pairs["train"] == (None, None)
+    items: list[StaticItem] = []
+    bad: list[tuple[str, str]] = []
+    for prefix, (images_path, labels_path) in pairs.items():
+        if images_path is None and labels_path is None:
+            continue
+        if images_path is None or labels_path is None:
+            present = images_path or labels_path
+            bad.append(
+                (
+                    present.name,
+                    f"the matching {prefix} {'labels' if labels_path is None else 'images'} file is missing",
+                )
+            )
+            continue
+        try:
+            images = read_idx_cached(images_path)
+            labels = read_idx(labels_path)
+        except BadInput as err:
+            bad.append((Path(err.path).name, err.reason))
+            continue
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            bad.append((images_path.name, f"images {images.shape} do not match labels {labels.shape}"))
+            continue
+        if len(labels) and (labels.min() < 0 or labels.max() > 9):
+            bad.append((labels_path.name, "labels outside 0..9"))
+            continue
+        split = "train" if prefix == "train" or only_t10k else "test"
+        items += [
+            StaticItem(path=images_path.name, index=i, label=int(label), split=split)
+            for i, label in enumerate(labels.tolist())
+        ]
+    return items, bad
+
+
+@dataclass
+class NMNISTSource:
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    split_seed: int = 0
+    name: str = "nmnist"
+    test_fraction: float = 0.0  # the download fixes the test split
+
+    @property
+    def split_rule(self) -> str:
+        return "published Train/Test folders; " + split_rule_text(self.val_fraction, 0.0, self.split_seed)
+
+    def list(self, raw: Path, static: Path | None) -> Listing:
+        raw = require_dir(raw)
+        events: list[EventItem] = []
+        for folder, split in EVENT_FOLDERS:
+            events += class_folder_events(raw, raw / folder, NMNIST_CLASSES, (".bin",), split)
+        statics, bad = [], []
+        if static is not None:
+            statics, bad = list_mnist_statics(require_dir(static, "static folder"))
+        return Listing(classes=list(NMNIST_CLASSES), events=events, statics=statics, bad_statics=bad)
+
+    def default_static(self, raw: Path) -> Path | None:
+        """Static root to use when none is given: this layout keeps none inside ``raw``."""
+        return None
+
+    def decode(self, raw: Path, item: EventItem) -> tuple[np.ndarray, tuple[int, int]]:
+        return read_nmnist(Path(raw) / item.path, NMNIST_SENSOR_SIZE), NMNIST_SENSOR_SIZE
+
+    def load_static(self, static: Path, item: StaticItem) -> np.ndarray:
+        images = read_idx_cached(Path(static) / item.path)
+        if not 0 <= item.index < len(images):
+            raise BadInput(Path(static) / item.path, f"index {item.index} outside {len(images)} images")
+        return np.ascontiguousarray(images[item.index], dtype=np.uint8)

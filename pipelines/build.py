@@ -52,6 +52,9 @@ DEFAULT_SIZES = {
     "dvsgesture": (64, 64),
     "folder": (48, 48),
 }
+#: How statics meet the frame size when ``--static-fit`` is not given: N-MNIST showed each 28x28
+#: digit at its own scale on a 34x34 sensor, so its statics are centred, not stretched.
+DEFAULT_STATIC_FITS = {"nmnist": "pad", "builtin": "pad"}
 #: Sources with no published test set get a seeded per-class test split (9:1 with the val split).
 SOURCES_WITHOUT_TEST = {"cifar10dvs", "ncaltech101", "folder", "builtin"}
 #: Static images of uneven sizes (Caltech101) are stored resized to this size.
@@ -75,6 +78,7 @@ class BuildConfig:
     mode: str = "time"
     denoise_us: int = 0
     static_mode: str = "gray"
+    static_fit: str | None = None
     val_fraction: float = DEFAULT_VAL_FRACTION
     test_fraction: float | None = None
     seed: int = 0
@@ -85,7 +89,8 @@ class BuildConfig:
 
     def frame_spec(self) -> FrameSpec:
         size = self.size or DEFAULT_SIZES.get(self.source, (48, 48))
-        return FrameSpec(self.time_bins, tuple(size), self.mode, self.denoise_us, self.static_mode)
+        fit = self.static_fit or DEFAULT_STATIC_FITS.get(self.source, "resize")
+        return FrameSpec(self.time_bins, tuple(size), self.mode, self.denoise_us, self.static_mode, fit)
 
     def effective_test_fraction(self) -> float:
         if self.test_fraction is not None:
@@ -602,7 +607,9 @@ def _stack_images(images: list[np.ndarray]) -> np.ndarray:
 def _static_frames_of(images: list[np.ndarray], spec: FrameSpec) -> np.ndarray:
     if not images:
         return np.zeros((0, *spec.size), np.uint8)
-    return np.stack([static_frames(im[None], spec.size, spec.static_mode)[0] for im in images])
+    return np.stack(
+        [static_frames(im[None], spec.size, spec.static_mode, spec.static_fit)[0] for im in images]
+    )
 
 
 def _write_provenance(tx: Transaction, plan: BuildPlan, rows: list[dict], report: dict) -> None:

@@ -56,6 +56,7 @@ class FrameSpec:
     mode: str = "time"  # "time": equal time windows; "count": equal event counts
     denoise_us: int = 0  # 0 = off; else drop events with no neighbour within this many us
     static_mode: str = "gray"  # "gray" or "v" (the V channel of HSV)
+    static_fit: str = "resize"  # "resize" to the frame size, or "pad" (centre at native scale)
 
     def __post_init__(self) -> None:
         if self.time_bins < 1:
@@ -64,6 +65,8 @@ class FrameSpec:
             raise ValueError(f"mode must be 'time' or 'count', got {self.mode!r}")
         if self.static_mode not in ("gray", "v"):
             raise ValueError(f"static_mode must be 'gray' or 'v', got {self.static_mode!r}")
+        if self.static_fit not in ("resize", "pad"):
+            raise ValueError(f"static_fit must be 'resize' or 'pad', got {self.static_fit!r}")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size must be (H, W) with positive sides, got {self.size}")
         object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
@@ -84,4 +87,5 @@ class FrameSpec:
             mode=attrs["mode"],
             denoise_us=int(attrs["denoise_us"]),
             static_mode=attrs["static_mode"],
+            static_fit=attrs.get("static_fit", "resize"),
         )

@@ -65,3 +65,19 @@ def test_bad_shapes_and_modes_are_refused():
         static_frame(np.zeros((4, 4, 4), np.uint8), (4, 4), "gray")
     with pytest.raises(ValueError, match="uint8"):
         static_frame(np.zeros((4, 4), np.float32), (4, 4), "gray")
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (20, 30), (34, 34)])
+def test_pad_keeps_scale_and_centres(shape):
+    image = np.full(shape, 200, dtype=np.uint8)
+    out = static_frame(image, (34, 34), fit="pad")
+    rows, cols = np.nonzero(out)
+    assert out.sum() == image.sum()  # nothing resampled: the same pixels on a black canvas
+    assert (rows.min(), 33 - rows.max()) in {((34 - shape[0]) // 2, (34 - shape[0] + 1) // 2)}
+    assert cols.min() == (34 - shape[1]) // 2
+
+
+def test_pad_shrinks_larger_images_keeping_aspect():
+    out = static_frame(np.full((100, 50), 255, np.uint8), (34, 34), fit="pad")
+    cols = np.flatnonzero(out.any(axis=0))
+    assert out.any(axis=1).all() and len(cols) == 17

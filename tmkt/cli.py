@@ -128,7 +128,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mode", choices=("time", "count"), default="time", help="binning by time or count")
     parser.add_argument("--denoise-us", type=int, default=0, help="drop isolated events (0 = off)")
-    parser.add_argument("--static-mode", choices=("gray", "v"), default="gray")
+    parser.add_argument("--static-mode", choices=("gray", "v"), default="gray", help="gray or HSV V channel")
+    parser.add_argument(
+        "--static-fit", choices=("resize", "pad"), help="statics to frame size: resize, or centre (pad)"
+    )
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
     parser.add_argument("--workers", type=int, default=2, help="Dask workers of the local cluster")
@@ -152,6 +155,7 @@ def build_config_from_args(args: argparse.Namespace):  # -> pipelines.build.Buil
         mode=args.mode,
         denoise_us=args.denoise_us,
         static_mode=args.static_mode,
+        static_fit=args.static_fit,
         val_fraction=args.val_fraction,
         seed=args.seed,
         workers=args.workers,

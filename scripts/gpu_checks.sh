@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark in one run, for a CUDA machine with the package installed.
+#   OUT=results STORE=data/nmnist EXPERIMENT_SECONDS=300 bash scripts/gpu_checks.sh
+# 1. the DALI GPU graph equals the torch reference exactly (data resident on the GPU, and fed from host);
+# 2. `tmkt bench loader` (GPU samples/s, data-wait share of a training step);
+# 3. `tmkt bench train` per backbone (bf16);
+# 4. the method comparison grid on STORE within EXPERIMENT_SECONDS, then its report (tar under OUT).
+set -uo pipefail
+OUT=${OUT:-gpu-results}
+STORE=${STORE:-data/nmnist}
+BUDGET=${EXPERIMENT_SECONDS:-300}
+EPOCHS=${EPOCHS:-30}
+BACKBONE=${BACKBONE:-small}
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+log="$OUT/log.txt"
+step() { echo "== $(date +%T) $*" | tee -a "$log"; }
+
+step "environment"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "
+import torch, nvidia.dali as dali, zarr, icechunk, spikingjelly
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')
+print('dali', dali.__version__, 'zarr', zarr.__version__, 'icechunk', icechunk.__version__)"; } >>"$log" 2>&1
+
+step "loader exactness on the GPU"
+for resident in on off; do
+  TMKT_TEST_DEVICE=cuda TMKT_TEST_RESIDENT=$resident timeout 240 $PY -m pytest -q -p no:cacheprovider \
+    tests/test_loader.py -k "equals_the_reference or modes_fix or set_ratio or partial_batch or deterministic" \
+    >>"$log" 2>&1
+  echo "resident=$resident exit $?" | tee -a "$log"
+done
+
+step "bench loader"
+timeout 180 $PY -m tmkt.cli bench loader --store "34x34=$STORE" --json "$OUT/bench_loader.json" --seconds 3 \
+  >>"$log" 2>&1 || echo "bench loader failed: $?" | tee -a "$log"
+
+step "bench train"
+timeout 240 $PY -m tmkt.cli bench train --store "$STORE" --json "$OUT/bench_train.json" --steps 20 --warmup 3 \
+  >>"$log" 2>&1 || echo "bench train failed: $?" | tee -a "$log"
+
+step "experiment grid (${BUDGET}s)"
+deadline=$(( $(date +%s) + BUDGET ))
+grid() {
+  left=$(( deadline - $(date +%s) ))
+  if [ "$left" -le 10 ]; then echo "skipped (time): $*" | tee -a "$log"; return; fi
+  timeout "$left" $PY -m tmkt.cli experiment --store "$STORE" --out exp "$@" \
+    epochs="$EPOCHS" backbone="$BACKBONE" checkpoint_every=0 >>"$log" 2>&1
+  echo "grid $* exit $?" | tee -a "$log"
+}
+grid --methods tmkt,event --seeds 0,1,2 --per-class 0
+grid --methods tmkt,event --seeds 0,1,2 --per-class 5,10,25
+grid --methods finetune,he2024 --seeds 0,1,2 --per-class 0
+grid --methods tsm,tsm+mag,tsm+mrp --seeds 0,1,2 --per-class 0
+$PY -m tmkt.cli experiment --store "$STORE" --out exp --report-only >>"$log" 2>&1
+tar czf "$OUT/exp.tgz" --exclude='ckpt.pt' --exclude='tb' exp 2>>"$log"
+cp exp/results.md exp/summary.json "$OUT/" 2>/dev/null
+step "done"

@@ -1,0 +1,153 @@
+"""Shared fixtures: Prefect isolated per test session, a real local Prefect server, real data paths.
+
+Every process a fixture starts runs in its own process group and is ended, group and all, in the
+fixture's finalizer, so a failing test leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_SESSION_HOME: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Prefect keeps its database, profiles and settings under PREFECT_HOME: point it at a throwaway
+    # folder so tests never touch the user's ~/.prefect, never reach the user's server, and send
+    # no analytics. Set before any test module imports Prefect (it reads them at import).
+    home = tempfile.mkdtemp(prefix="tmkt-prefect-")
+    _SESSION_HOME.append(home)
+    os.environ["PREFECT_HOME"] = home
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["DO_NOT_TRACK"] = "1"
+    os.environ.pop("PREFECT_API_URL", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for home in _SESSION_HOME:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The shared real recordings (``TMKT_REAL_DATA``), with nmnist/ and mnist/."""
+    root = os.environ.get("TMKT_REAL_DATA")
+    if not root or not (Path(root) / "nmnist").is_dir() or not (Path(root) / "mnist").is_dir():
+        pytest.skip("real data not found: set TMKT_REAL_DATA to the shared data folder (nmnist/, mnist/)")
+    return Path(root).resolve()
+
+
+def kill_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """End a process started with ``start_new_session=True`` and every process of its group."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader is gone; its children may linger a moment longer
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(process.pid):
+            time.sleep(0.1)
+        if not _group_alive(process.pid):
+            break
+    if process.poll() is None:
+        process.wait(timeout=grace)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def tmkt_command(*args: str) -> list[str]:
+    """`tmkt ARGS` through this interpreter (the same venv, no PATH lookup)."""
+    return [sys.executable, "-m", "tmkt.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """A real Prefect server on 127.0.0.1 (free port), started and stopped by `tmkt server`.
+
+    Yields its API URL, exported to this process (settings) and to subprocesses (environment).
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.server import api_healthy, free_port, read_record
+
+    home = Path(os.environ["PREFECT_HOME"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        started = subprocess.run(
+            tmkt_command("server", "start", "--port", str(port), "--timeout", "150"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert started.returncode == 0, f"tmkt server start failed:\n{started.stdout}\n{started.stderr}"
+        assert f"export PREFECT_API_URL={url}" in started.stdout
+        assert api_healthy(url)
+        os.environ["PREFECT_API_URL"] = url
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        record = read_record(home)
+        stopped = subprocess.run(tmkt_command("server", "stop"), cwd=ROOT, capture_output=True, timeout=60)
+        if record is not None and _group_alive(record.pid):  # stop failed: do not leave it running
+            os.killpg(record.pid, signal.SIGKILL)
+            raise AssertionError(f"`tmkt server stop` left the server running: {stopped.stderr!r}")
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A `dask scheduler` and one `dask worker` (2 threads), separate processes on 127.0.0.1."""
+    from distributed import Client
+
+    from flows.server import free_port
+
+    logs = tmp_path_factory.mktemp("dask")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    bin_dir = Path(sys.executable).parent
+    port = address.rsplit(":", 1)[1]
+    processes = []
+    try:
+        for name, command in (
+            ("scheduler", [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", port]),
+            ("worker", [str(bin_dir / "dask"), "worker", address, "--nthreads", "2", "--host", "127.0.0.1"]),
+        ):
+            with open(logs / f"{name}.log", "wb") as log:
+                processes.append(
+                    subprocess.Popen(
+                        [*command, "--no-dashboard"],
+                        cwd=ROOT,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+        yield address
+    finally:
+        for process in reversed(processes):
+            kill_group(process)

@@ -1,0 +1,376 @@
+"""The trainer end to end on tiny in-memory data: overfit, exact resume, DDP sharding, config, methods."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tmkt.evaluate import accuracy_on, eval_loader, load_checkpoint
+from tmkt.losses import cka_loss, tet_loss
+from tmkt.methods import He2024, StaticThenEvent, build_method
+from tmkt.models import ModelConfig, build_model
+from tmkt.train import TrainConfig, config_with, parse_args, train
+
+T, H, W = 4, 16, 16
+
+
+def tiny_data(n_per_class: int = 6, num_classes: int = 2, seed: int = 0):
+    """Recordings whose class is where the events are (one quadrant per class), plus matching images."""
+    from tmkt.data import MixData
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(num_classes), n_per_class).astype(np.int64)
+    events = rng.poisson(0.3, size=(len(labels), T, 2, H, W)).astype(np.uint16)
+    statics = np.zeros((len(labels), H, W), np.uint8)
+    for i, label in enumerate(labels):
+        r0, c0 = (label // 2) * (H // 2), (label % 2) * (W // 2)
+        events[i, :, :, r0 : r0 + H // 2, c0 : c0 + W // 2] += rng.poisson(
+            3.0, (T, 2, H // 2, W // 2)
+        ).astype(np.uint16)
+        statics[i, r0 : r0 + H // 2, c0 : c0 + W // 2] = 200
+    return MixData(
+        event_frames=events,
+        event_labels=labels,
+        static_frames=statics,
+        static_labels=labels.copy(),
+        static_scale=4.0,  # a static pixel of 255 stands for 4 events
+        num_classes=num_classes,
+    )
+
+
+def small_config(out: Path, **overrides) -> TrainConfig:
+    base = TrainConfig(
+        store="",
+        method="tmkt",
+        out=str(out),
+        backbone="small",
+        epochs=2,
+        batch_size=4,
+        lr=5e-3,
+        augment=False,
+        device="cpu",
+        num_threads=1,
+        checkpoint_every=0,
+        log_every=1,
+        progress_bar=False,
+        ratio_kind="linear",
+        ratio_start=0.2,
+        ratio_end=0.9,
+    )
+    return config_with(base, overrides)
+
+
+def read_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_run_overfits_tiny_data_and_writes_its_records(tmp_path):
+    data = tiny_data()
+    cfg = small_config(tmp_path / "run", epochs=16, lr=1e-2, ratio_start=0.3, ratio_end=1.0)
+    result = train(cfg, data, val_data=data)
+
+    model, meta = load_checkpoint(tmp_path / "run" / "checkpoint.pt")  # weights_only=True inside
+    train_accuracy, n = accuracy_on(model, eval_loader(data, 8, "cpu"), "cpu")
+    assert n == len(data.event_labels)
+    assert train_accuracy == 1.0
+    assert result["val_accuracy"] == 1.0  # validation ran on the same recordings
+    assert meta["T"] == T and meta["size"] == [H, W] and meta["classes"] == ["0", "1"]
+    assert meta["model_config"]["mag_head"] and meta["model_config"]["mrp_head"]
+
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    required = ["method", "seed", "val_accuracy", "test_accuracy", "epochs", "samples_per_s"]
+    assert set(required + ["store_snapshot", "backbone", "config"]) <= set(saved)
+    assert saved["test_accuracy"] is None and saved["epochs"] == 16 and saved["samples_per_s"] > 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["config"]["method"] == "tmkt" and "torch" in run["versions"]
+
+    rows = read_rows(tmp_path / "run")
+    steps = [r for r in rows if "loss" in r]
+    vals = [r for r in rows if "val_accuracy" in r]
+    assert [r["epoch"] for r in vals] == list(range(16))
+    assert len(steps) == 16 * 3 and all({"mag", "mrp", "cls", "r_m", "lr"} <= set(r) for r in steps)
+    # the linear ratio schedule moves r_m from 0.3 toward 1.0; the cosine lr decays
+    assert steps[0]["r_m"] == pytest.approx(0.3) and steps[-1]["r_m"] == pytest.approx(0.3 + 0.7 * 47 / 48)
+    assert steps[-1]["lr"] < steps[0]["lr"]
+    assert np.mean([r["loss"] for r in steps[-6:]]) < np.mean([r["loss"] for r in steps[:6]])
+    assert any((tmp_path / "run" / "tb").iterdir())
+
+
+@pytest.mark.parametrize("method", ["tmkt", "he2024"])
+def test_resume_continues_exactly(tmp_path, method):
+    data = tiny_data(n_per_class=8)  # 16 recordings, batch 4: 4 steps per epoch, 12 in all
+    straight = small_config(tmp_path / "straight", method=method, epochs=3)
+    train(straight, data)
+
+    # interrupted mid-epoch 1 (after 6 of 12 steps), then resumed in a new call
+    split = small_config(tmp_path / "split", method=method, epochs=3, checkpoint_every=3, max_steps=6)
+    first = train(split, data)
+    assert first["completed"] is False and first["steps"] == 6
+    resumed = train(config_with(split, {"max_steps": 0, "resume": True}), data)
+    assert resumed["completed"] is True and resumed["steps"] == 12
+
+    a, b = read_rows(tmp_path / "straight"), read_rows(tmp_path / "split")
+    loss_a = [(r["step"], r["loss"]) for r in a if "loss" in r]
+    loss_b = [(r["step"], r["loss"]) for r in b if "loss" in r]
+    assert [s for s, _ in loss_b] == list(range(1, 13))
+    assert np.allclose([v for _, v in loss_a], [v for _, v in loss_b], rtol=1e-5, atol=1e-6)
+    weights_a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    weights_b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
+    for key, value in weights_a.items():
+        assert torch.allclose(value.float(), weights_b[key].float(), rtol=1e-5, atol=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("method", "logged", "heads"),
+    [
+        ("tsm", {"cls"}, (False, False)),
+        ("tsm+mag", {"cls", "mag"}, (True, False)),
+        ("tsm+mrp", {"cls", "mrp"}, (False, True)),
+        ("event", {"cls"}, (False, False)),
+        ("finetune", {"cls"}, (False, False)),
+    ],
+)
+def test_every_method_trains_with_its_own_terms_and_heads(tmp_path, method, logged, heads):
+    result = train(small_config(tmp_path / method, method=method, epochs=2), tiny_data(n_per_class=4))
+    assert result["completed"] and result["steps"] == 4
+    steps = [r for r in read_rows(tmp_path / method) if "loss" in r]
+    assert {k for k in ("cls", "mag", "mrp", "cka") if k in steps[0]} == logged
+    mixing = method.startswith("tsm")
+    assert all((r["r_m"] is not None) == mixing for r in steps)
+    meta = torch.load(tmp_path / method / "checkpoint.pt", weights_only=True)["meta"]
+    assert (meta["model_config"]["mag_head"], meta["model_config"]["mrp_head"]) == heads
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    cfg = small_config(Path(out), method="event", epochs=1, record_indices=True)
+    train(cfg, tiny_data(n_per_class=8))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_train_on_disjoint_shards(tmp_path):
+    out = tmp_path / "ddp"
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    seen = []
+    for rank in range(2):
+        rows = [json.loads(x) for x in (out / f"indices_rank{rank}.jsonl").read_text().splitlines()]
+        seen.append([i for row in rows for i in row["index"]])
+    assert len(seen[0]) == len(seen[1]) == 8  # 16 recordings, one shard per rank
+    assert set(seen[0]).isdisjoint(seen[1])
+    assert set(seen[0]) | set(seen[1]) == set(range(16))
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and result["steps"] == 2
+    torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+def test_config_file_then_overrides_are_typed(tmp_path):
+    toml = tmp_path / "cfg.toml"
+    toml.write_text('method = "he2024"\nepochs = 3\nlr = 0.01\nl_cka = 0.5\n')
+    cfg = parse_args(
+        [
+            "--store",
+            "s",
+            "--config",
+            str(toml),
+            "--epochs",
+            "5",
+            "augment=false",
+            "l_cka=2",
+            "ratio-kind=cosine",
+        ]
+    )
+    assert (cfg.method, cfg.epochs, cfg.lr, cfg.l_cka, cfg.augment) == ("he2024", 5, 0.01, 2.0, False)
+    assert cfg.ratio_kind == "cosine" and isinstance(cfg.l_cka, float)
+    js = tmp_path / "cfg.json"
+    js.write_text(json.dumps({"batch_size": 7, "compile": True}))
+    cfg = parse_args(["--store", "s", "--config", str(js), "--method", "event"])
+    assert (cfg.batch_size, cfg.compile, cfg.method) == (7, True, "event")
+    with pytest.raises(ValueError, match="unknown config key"):
+        parse_args(["--store", "s", "learning_rate=0.1"])
+    with pytest.raises(ValueError, match="expects int"):
+        parse_args(["--store", "s", "epochs=many"])
+    with pytest.raises(ValueError, match="expects a boolean"):
+        parse_args(["--store", "s", "augment=maybe"])
+    with pytest.raises(ValueError, match="unknown method"):
+        config_with(TrainConfig(), {"method": "mixup"})
+
+
+def test_methods_need_their_loader_modes_and_heads():
+    assert build_method("tmkt").mode_for_epoch(0, 10) == "mix"
+    assert (build_method("tsm").mag_head, build_method("tsm").mrp_head) == (False, False)
+    assert (build_method("tsm+mag").mag_head, build_method("tsm+mrp").mrp_head) == (True, True)
+    assert build_method("tsm+mag").mrp_head is False
+    finetune = build_method("finetune", finetune_static_fraction=0.3)
+    assert isinstance(finetune, StaticThenEvent)
+    assert [finetune.mode_for_epoch(e, 10) for e in range(10)] == ["static"] * 3 + ["event"] * 7
+    assert build_method("he2024").mode_for_epoch(5, 10) == "pair"
+    with pytest.raises(ValueError, match="unknown method"):
+        build_method("dann")
+
+
+def test_he2024_replaces_whole_samples_with_probability_progress_cubed():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(mag_head=False, mrp_head=False), num_classes=3, T=T)
+    model.eval()  # batch-statistics free, so the 2B forward equals separate forwards
+    static = torch.rand(5, T, 2, H, W) * 4
+    events = torch.rand(5, T, 2, H, W) * 4
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    batch = SimpleNamespace(frames=events, static=static, labels=labels)
+    method = He2024(l_cka=0.5)
+    with torch.no_grad():
+        out_s = model(static.transpose(0, 1))
+        out_e = model(events.transpose(0, 1))
+        start, end = method.loss(model, batch, 0.0), method.loss(model, batch, 1.0)
+    assert start["event_share"] == 0.0 and end["event_share"] == 1.0
+    cka = cka_loss(out_s.features.transpose(0, 1), out_e.features.transpose(0, 1))
+    assert start["cls"] == pytest.approx(tet_loss(out_s.logits, labels).item(), rel=1e-5)
+    assert end["cls"] == pytest.approx(tet_loss(out_e.logits, labels).item(), rel=1e-5)
+    assert end["loss"] == pytest.approx((tet_loss(out_e.logits, labels) + 0.5 * cka).item(), rel=1e-5)
+    torch.manual_seed(1)
+    many = SimpleNamespace(
+        frames=torch.rand(64, T, 2, 8, 8),
+        static=torch.rand(64, T, 2, 8, 8),
+        labels=torch.zeros(64, dtype=torch.int64),
+    )
+    with torch.no_grad():
+        shares = [float(method.loss(model, many, 0.5 ** (1 / 3))["event_share"]) for _ in range(3)]
+    assert 0.35 < np.mean(shares) < 0.65  # P(event) = progress^3 = 0.5 (192 draws, std 0.036)
+
+
+def write_frames_store(path: Path, data, splits: np.ndarray, classes: list[str]) -> str:
+    """A store holding just what training and evaluation read: labels, splits and frames."""
+    from storage.schema import FrameSpec
+    from storage.writer import Transaction
+
+    n = len(data.event_labels)
+    spec = FrameSpec(time_bins=T, size=(H, W))
+    with Transaction(path) as tx:
+        tx.write_array("events/offsets", np.zeros(n + 1, np.int64))
+        tx.write_array("events/label", data.event_labels.astype(np.int16))
+        tx.write_array("events/split", splits.astype(np.uint8))
+        tx.write_array("images/label", data.static_labels.astype(np.int16))
+        tx.write_array("images/split", np.zeros(len(data.static_labels), np.uint8))
+        group = tx.root.require_group(f"frames/{spec.key}")
+        group.attrs.update(spec.to_attrs())
+        tx.create_array(f"frames/{spec.key}/events", data.event_frames.shape, np.uint16)[:] = (
+            data.event_frames
+        )
+        tx.write_array(f"frames/{spec.key}/static", data.static_frames)
+        tx.root.attrs.update({"classes": classes, "frames_key": spec.key, "source": "test"})
+        return tx.commit("tiny frames store")
+
+
+def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
+    from tmkt.evaluate import IncompatibleStore, evaluate
+    from tmkt.evaluate import main as eval_main
+    from tmkt.train import main as train_main
+
+    data = tiny_data(n_per_class=12, seed=3)
+    splits = np.tile([0, 0, 0, 0, 1, 2], 4)  # per class: 8 train, 2 val, 2 test
+    store = tmp_path / "store"
+    snapshot = write_frames_store(store, data, splits, ["left", "right"])
+    out = tmp_path / "run"
+    flags = ["--store", str(store), "--method", "tmkt", "--out", str(out), "--epochs", "6"]
+    overrides = ["backbone=small", "batch_size=4", "lr=0.01", "augment=false", "device=cpu", "log_every=5"]
+    train_main(flags + overrides + ["progress_bar=false"])
+    result = json.loads((out / "result.json").read_text())
+    assert result["store_snapshot"] == snapshot
+    assert result["test_accuracy"] is not None and result["val_accuracy"] is not None
+    capsys.readouterr()
+
+    on_test = evaluate(out / "checkpoint.pt", store, split="test")
+    assert on_test["n"] == 4 and on_test["split"] == "test" and on_test["note"] is None
+    assert on_test["accuracy"] == result["test_accuracy"]
+
+    # a store of the same classes and representation without a test split: every recording, and a note
+    other = tmp_path / "other"
+    write_frames_store(other, data, np.zeros(len(splits)), ["left", "right"])
+    assert eval_main(["--checkpoint", str(out / "checkpoint.pt"), "--store", str(other), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n"] == 24 and printed["split"] == "all" and "empty" in printed["note"]
+
+    renamed = tmp_path / "renamed"
+    write_frames_store(renamed, data, splits, ["up", "down"])
+    with pytest.raises(IncompatibleStore, match="classes"):
+        evaluate(out / "checkpoint.pt", renamed)
+
+
+def test_bench_train_reports_every_backbone(tmp_path):
+    from tmkt.bench_train import main as bench_main
+
+    store = tmp_path / "store"
+    data = tiny_data(n_per_class=4)
+    write_frames_store(store, data, np.zeros(8), ["left", "right"])
+    out = tmp_path / "bench.json"
+    assert (
+        bench_main(
+            [
+                "--store",
+                str(store),
+                "--json",
+                str(out),
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["frames_shape"] == [T, 2, H, W]
+    assert set(report["backbones"]) == {"small", "vgg_snn", "resnet18"}
+    for row in report["backbones"].values():
+        assert row["samples_per_s"] > 0 and 0.0 <= row["data_wait_fraction"] < 1.0
+
+
+def _fake_run(root: Path, method: str, seed: int, curve: list[float], test: float | None) -> Path:
+    run = root / f"{method}-{seed}"
+    run.mkdir(parents=True)
+    rows = [{"step": 3 * (e + 1), "epoch": e, "loss": 1.0} for e in range(len(curve))]
+    rows += [{"step": 3 * (e + 1), "epoch": e, "val_accuracy": acc} for e, acc in enumerate(curve)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = {"method": method, "seed": seed, "val_accuracy": curve[-1], "test_accuracy": test, "config": {}}
+    (run / "result.json").write_text(json.dumps(result))
+    return run
+
+
+def test_plots_and_table_aggregate_seeds(tmp_path):
+    from tmkt.plots import group_runs, plot_curves, results_table
+
+    runs = [
+        _fake_run(tmp_path, "tmkt", 0, [0.5, 0.8], 0.70),
+        _fake_run(tmp_path, "tmkt", 1, [0.6, 0.9], 0.80),
+        _fake_run(tmp_path, "event", 0, [0.4, 0.6], None),
+    ]
+    table = results_table(runs)
+    # mean 85.00, sample std of (80, 90) = 7.07; test: mean 75.00 +- 7.07; one seed has no spread
+    assert "| tmkt | 2 | 85.00 ± 7.07 | 75.00 ± 7.07 |" in table
+    assert "| event | 1 | 60.00 | n/a |" in table
+    assert group_runs(runs)["tmkt"][1].curve == {0: 0.6, 1: 0.9}
+    png = plot_curves(runs, tmp_path / "plots" / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -1,0 +1,477 @@
+"""The Time-step Mixup loader: an NVIDIA DALI pipeline that pairs, augments and mixes on the device.
+
+How one batch is made:
+
+1. Host (``MixLoader._produce``): the next slice of this rank's shard of the epoch permutation, and the
+   random draws for it (``draw_batch``: paired static per recording, cut point, crop offset, flip)
+   from a numpy Generator seeded by (seed, epoch, rank). Drawing on the host makes every run
+   reproducible and lets tests feed the very same draws to the pure-torch reference
+   (``tmkt.reference``) and compare bit for bit. The frames are gathered as rows of bytes, from host
+   memory, or from GPU memory when the data is resident there (then only indices cross PCIe).
+2. DALI graph (``build_mix_graph``, one graph for CPU and GPU): reinterpret the bytes as
+   ``uint16 [T,2,H,W]`` events and ``uint8 [1,H,W]`` statics, crop with zero padding and mirror
+   (the same offsets for every time-step of a sample and for its static), map static pixels through
+   the ``v / 255 * static_scale`` table, copy the static to both polarities, and mix: the mask
+   ``t >= t*`` becomes a frame order over ``[e_1..e_T, s]`` (``t-1`` where the mask is 1, ``T``
+   where it is 0) that ``sequence_rearrange`` applies. That is ``out = s + (e - s) * mask`` for a
+   0/1 mask, done as a copy: exact, and much cheaper on the CPU than DALI's broadcasting arithmetic.
+3. Outputs go to torch: shared through DLPack on the CPU (no copy), copied on the current stream
+   through ``feed_ndarray`` on the GPU.
+
+DALI pitfalls handled here (DESIGN section 9): the last partial batch is fed as a smaller batch
+(a source that raised StopIteration mid-batch would drop it); all random integers come from the
+host, never from DALI's integer ``random.uniform`` (its range includes the upper end); sources return
+numpy arrays, never numpy scalars. Sources are not ``parallel``: the host work per batch is one
+gather and a few tiny draws, which spawned workers would only slow down with copies.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tmkt.data import MixData, StaticsByClass, static_lut
+from tmkt.mixing import mrp_targets, sample_cut, solve_p
+
+MODES = ("mix", "event", "static", "pair")
+RESIDENT = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class AugmentConfig:
+    """Random crop with zero padding and horizontal flip, the same for all steps of a sample."""
+
+    crop_padding: int = 4
+    hflip: bool = True
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and (self.crop_padding > 0 or self.hflip)
+
+
+def augment_active(augment: AugmentConfig | None) -> bool:
+    return augment is not None and augment.active
+
+
+@dataclass
+class LoaderConfig:
+    batch_size: int = 64
+    mode: str = "mix"  # "mix" | "event" | "static" | "pair"
+    shuffle: bool = True
+    seed: int = 0
+    augment: AugmentConfig | None = None
+    drop_last: bool = False
+    resident: str = "auto"  # "auto" | "on" | "off": keep the frames in GPU memory ("auto": when on a GPU)
+    device: str = "auto"  # "cpu" | "cuda" | "auto"
+    num_threads: int = 2
+    prefetch: int = 2  # DALI prefetch queue depth; a new ratio reaches batches (prefetch - 1) later
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.resident not in RESIDENT:
+            raise ValueError(f"resident must be one of {RESIDENT}, got {self.resident!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.batch_size < 1 or self.num_threads < 1 or self.prefetch < 1:
+            raise ValueError("batch_size, num_threads and prefetch must be >= 1")
+
+
+@dataclass
+class MixedBatch:
+    frames: torch.Tensor  # float32 [B, T, 2, H, W] (mixed, or events/statics by mode)
+    labels: torch.Tensor  # int64 [B]
+    mag: torch.Tensor  # float32 [B, T]   (1 = event frame)
+    mrp: torch.Tensor  # float32 [B]      (event fraction of the sequence)
+    static: torch.Tensor | None = None  # mode "pair": the paired static sequence [B, T, 2, H, W]
+    index: torch.Tensor | None = None  # recording indices (epoch-coverage tests)
+
+
+@dataclass
+class Draws:
+    """The random choices for one batch, made on the host and fed to the graph (and the reference)."""
+
+    static_index: np.ndarray  # int64 [B]: paired static image; -1 where the mode uses none
+    cut: np.ndarray  # int64 [B] in 1..T+1 (T+1 = no cut)
+    offset: np.ndarray  # int32 [B, 2]: crop start (y, x) relative to the frame, in [-pad, pad]
+    flip: np.ndarray  # int32 [B]: 1 = mirror left-right
+
+
+def draw_batch(
+    data: MixData,
+    indices: np.ndarray,
+    p: float,
+    rng: np.random.Generator,
+    augment: AugmentConfig | None,
+    mode: str = "mix",
+    statics: StaticsByClass | None = None,
+) -> Draws:
+    """All draws for one batch, always in the same order, so one Generator state gives one batch.
+
+    Mode "event" and "pair" fix the cut at 1 (all events), "static" at T+1 (all static).
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    n, T = len(indices), data.time_steps
+    if mode == "event":
+        static_index = np.full(n, -1, dtype=np.int64)
+    else:
+        statics = statics if statics is not None else data.statics_by_class()
+        static_index = statics.pick(data.event_labels[indices], rng.random(n))
+    if mode == "mix":
+        cut = sample_cut(p, T, n, rng)
+    else:
+        cut = np.full(n, T + 1 if mode == "static" else 1, dtype=np.int64)
+    offset = np.zeros((n, 2), dtype=np.int32)
+    flip = np.zeros(n, dtype=np.int32)
+    if augment_active(augment):
+        pad = augment.crop_padding
+        # floats then floor: uniform on the 2*pad+1 integers -pad..pad
+        offset = (np.floor(rng.random((n, 2)) * (2 * pad + 1)) - pad).astype(np.int32)
+        if augment.hflip:
+            flip = (rng.random(n) < 0.5).astype(np.int32)
+    return Draws(static_index=static_index, cut=cut, offset=offset, flip=flip)
+
+
+def build_mix_graph(
+    events_bytes,
+    static_bytes,
+    host: dict,
+    mode: str,
+    shape: tuple[int, int, int],
+    lut: np.ndarray,
+    augment: AugmentConfig | None,
+    to_gpu: bool,
+) -> list:
+    """The DALI operators for one batch: returns ``[frames, mag]`` (+ the static sequence in "pair").
+
+    ``events_bytes`` / ``static_bytes``: uint8 rows (``None`` when the mode needs none), on the CPU or
+    already on the GPU; ``host``: the CPU nodes ``cut``, ``offset``, ``flip``; ``shape``: (T, H, W).
+    ``to_gpu``: move the frames to the GPU right after the source (only the small integer data
+    crosses PCIe, every float op runs on the device). Argument inputs (crop start, flip, frame order)
+    stay on the CPU, as DALI requires.
+    """
+    from nvidia.dali import fn, types
+
+    T, H, W = shape
+    steps = types.Constant(np.arange(1, T + 1, dtype=np.int32))
+    is_event = steps >= host["cut"]  # the mask, [T] per sample
+    mag = fn.cast(is_event, dtype=types.FLOAT)
+
+    def prepare(node, dtype, frame_shape, layout):
+        node = fn.reinterpret(node, dtype=dtype, shape=frame_shape, layout=layout)
+        if to_gpu:
+            node = node.gpu()
+        if augment_active(augment):
+            if augment.crop_padding > 0:
+                node = fn.slice(
+                    node, start=host["offset"], shape=[H, W], axis_names="HW", out_of_bounds_policy="pad"
+                )
+            if augment.hflip:
+                node = fn.flip(node, horizontal=host["flip"])
+        return node
+
+    events = static_frame = None
+    if events_bytes is not None:
+        events = fn.cast(prepare(events_bytes, types.UINT16, [T, 2, H, W], "FCHW"), dtype=types.FLOAT)
+    if static_bytes is not None:
+        static = prepare(static_bytes, types.UINT8, [1, H, W], "CHW")
+        static = fn.lookup_table(static, keys=list(range(256)), values=lut.tolist(), dtype=types.FLOAT)
+        # [1,H,W] -> [1,2,H,W]: the same image in both polarity channels, as one "frame"
+        static_frame = fn.expand_dims(fn.cat(static, static, axis=0), axes=[0], new_axis_names="F")
+
+    def static_sequence():
+        return fn.sequence_rearrange(static_frame, new_order=[0] * T)
+
+    if mode == "mix":
+        # frame order over [e_1..e_T, s]: t-1 where t >= t*, else T (the static)
+        order = fn.cast(is_event, dtype=types.INT32) * (steps - (T + 1)) + T
+        frames = fn.sequence_rearrange(fn.cat(events, static_frame, axis=0), new_order=order)
+        return [frames, mag]
+    if mode == "event":
+        return [events, mag]
+    if mode == "static":
+        return [static_sequence(), mag]
+    return [events, mag, static_sequence()]
+
+
+class _FrameRows:
+    """The frames as rows of bytes, in host or GPU memory, gathered by index.
+
+    Bytes because every backend gathers uint8 rows (torch's uint16 support is partial); the graph
+    reinterprets them. The host and the resident GPU path differ only in where ``take`` runs.
+    """
+
+    def __init__(self, data: MixData, on_gpu: bool, need_events: bool, need_statics: bool) -> None:
+        n, m = len(data.event_frames), len(data.static_frames)
+        self.events = data.event_frames.reshape(n, -1).view(np.uint8) if need_events else None
+        self.statics = data.static_frames.reshape(m, -1) if need_statics else None
+        self.on_gpu = on_gpu
+        if on_gpu:
+            self.events = None if self.events is None else torch.from_numpy(self.events).cuda()
+            self.statics = None if self.statics is None else torch.from_numpy(self.statics).cuda()
+
+    def take(self, rows, index: np.ndarray):
+        if rows is None:
+            return None
+        if not self.on_gpu:
+            return np.take(rows, index, axis=0)
+        out = rows.index_select(0, torch.from_numpy(index).to(rows.device))
+        torch.cuda.current_stream().synchronize()  # DALI reads it on its own stream
+        return out
+
+
+class _LockstepFeed:
+    """Gives DALI's two external sources (host draws on the CPU, frames on the CPU or GPU) the parts of
+    the same batch: whichever source asks first makes the batch, the other takes its part."""
+
+    def __init__(self, keep: int) -> None:
+        self.produce = None
+        self.queues: tuple[deque, deque] = (deque(), deque())
+        # the sources use no_copy: DALI reads these arrays until `prefetch` iterations later
+        self.alive: deque = deque(maxlen=keep)
+
+    def restart(self, produce) -> None:
+        self.produce = produce
+        self.queues = (deque(), deque())
+
+    def take(self, part: int) -> list:
+        queue = self.queues[part]
+        if not queue:
+            host, frames = self.produce()  # raises StopIteration at the end of the epoch
+            self.queues[0].append(host)
+            self.queues[1].append(frames)
+            self.alive.append((host, frames))
+        return queue.popleft()
+
+
+def cuda_device_count() -> int:
+    """GPUs that DALI can use (0 on a machine without CUDA)."""
+    from nvidia.dali import backend
+
+    try:
+        return int(backend.GetCUDADeviceCount())
+    except RuntimeError:
+        return 0
+
+
+class MixLoader:
+    """One epoch per ``iter()``: this rank's shard of a seeded permutation, mixed by the DALI graph.
+
+    Sharding: every rank shuffles with the same (seed, epoch) and takes every ``world_size``-th
+    recording from position ``rank``, so shards are disjoint and together hold every recording.
+    With ``drop_last`` every shard is cut to ``N // world_size`` recordings and whole batches, so that
+    all ranks run the same number of steps (DDP would hang otherwise).
+    Like torch's DistributedSampler, the order changes only when ``set_epoch`` is called.
+    """
+
+    def __init__(self, data: MixData, cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        if cfg.mode != "event" and len(data.static_frames) == 0:
+            raise ValueError(f"mode {cfg.mode!r} needs static images; this data has none")
+        self.data, self.cfg, self.rank, self.world_size = data, cfg, rank, world_size
+        self.device = self._pick_device(cfg.device)
+        self.resident = cfg.resident == "on" or (cfg.resident == "auto" and self.device == "cuda")
+        if self.resident and self.device != "cuda":
+            raise ValueError("resident='on' needs device 'cuda'")
+        self._statics = data.statics_by_class() if cfg.mode != "event" else None
+        if self._statics is not None:
+            missing = np.setdiff1d(np.unique(data.event_labels), np.flatnonzero(self._statics.count))
+            if missing.size:
+                raise ValueError(
+                    f"classes {missing.tolist()} have recordings but no static image to pair with"
+                )
+        self._rows = _FrameRows(data, self.resident, cfg.mode != "static", cfg.mode != "event")
+        self._lut = static_lut(data.static_scale)
+        # host inputs of the graph; crop offsets and flips only when the graph uses them
+        augment = cfg.augment if augment_active(cfg.augment) else None
+        self._host_parts = ["cut", "labels", "mrp", "index"]
+        self._host_parts += ["offset"] if augment and augment.crop_padding > 0 else []
+        self._host_parts += ["flip"] if augment and augment.hflip else []
+        self._pipe = None
+        self._open_epoch = None
+        self._epoch = 0
+        self.set_ratio(0.5)
+
+    @staticmethod
+    def _pick_device(device: str) -> str:
+        gpus = cuda_device_count() if device != "cpu" else 0
+        if device == "cuda" and gpus == 0:
+            raise RuntimeError("device 'cuda' asked for, but DALI sees no CUDA device")
+        return "cuda" if device == "cuda" or (device == "auto" and gpus > 0) else "cpu"
+
+    # ---- public controls -------------------------------------------------------------------------
+
+    def set_ratio(self, r_m: float) -> None:
+        """Target event fraction for the batches drawn from now on (mode "mix" only)."""
+        self.ratio = float(r_m)
+        self._p = solve_p(self.ratio, self.data.time_steps)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation and the draws of ``epoch``: deterministic given (seed, epoch)."""
+        self._epoch = int(epoch)
+
+    def shard(self, epoch: int) -> np.ndarray:
+        """The recording indices this rank visits in ``epoch``, in order."""
+        n = len(self.data.event_frames)
+        order = (
+            np.random.default_rng([self.cfg.seed, epoch]).permutation(n) if self.cfg.shuffle else np.arange(n)
+        )
+        mine = order[self.rank :: self.world_size]
+        if self.cfg.drop_last:
+            mine = mine[: n // self.world_size]
+            mine = mine[: len(mine) - len(mine) % self.cfg.batch_size]
+        return mine
+
+    def epoch_rng(self, epoch: int) -> np.random.Generator:
+        """The generator of the batch draws in ``epoch`` (tests replay it through the reference)."""
+        return np.random.default_rng([self.cfg.seed, epoch, self.rank, 1])
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches of recording indices in ``epoch``; the last one may be smaller."""
+        mine, size = self.shard(epoch), self.cfg.batch_size
+        return [mine[start : start + size] for start in range(0, len(mine), size)]
+
+    def __len__(self) -> int:
+        return len(self.batches(self._epoch))
+
+    # ---- the epoch -------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[MixedBatch]:
+        if self._open_epoch is not None:
+            self._pipe = None  # an earlier epoch is still open: give this one its own pipeline
+        token = self._open_epoch = object()
+        batches = iter(self.batches(self._epoch))
+        rng = self.epoch_rng(self._epoch)
+        pipe, feed = self._pipeline()
+        feed.restart(lambda: self._produce(next(batches), rng))
+        finished = False
+        try:
+            while True:
+                try:
+                    outputs = pipe.run()
+                except StopIteration:
+                    break
+                yield self._to_batch(outputs)
+            finished = True
+        finally:
+            if self._open_epoch is token:
+                self._open_epoch = None
+            if finished:
+                pipe.reset()
+            elif self._pipe is not None and self._pipe[0] is pipe:
+                self._pipe = None  # left mid-epoch: its prefetched batches are stale, rebuild
+
+    def _produce(self, index: np.ndarray, rng: np.random.Generator) -> tuple[list, list]:
+        draws = draw_batch(self.data, index, self._p, rng, self.cfg.augment, self.cfg.mode, self._statics)
+        parts = {
+            "cut": draws.cut.astype(np.int32),
+            "offset": draws.offset,
+            "flip": draws.flip,
+            "labels": self.data.event_labels[index],
+            "mrp": mrp_targets(draws.cut, self.data.time_steps),
+            "index": index.astype(np.int64),
+        }
+        host = [parts[name] for name in self._host_parts]
+        frames = [
+            self._rows.take(self._rows.events, index),
+            self._rows.take(self._rows.statics, draws.static_index),
+        ]
+        return host, [f for f in frames if f is not None]
+
+    def _pipeline(self):
+        """The DALI pipeline and the feed its sources read, built together (one feed per pipeline)."""
+        if self._pipe is None:
+            feed = _LockstepFeed(keep=self.cfg.prefetch + 2)
+            self._pipe = (self._build_pipeline(feed), feed)
+        return self._pipe
+
+    def _build_pipeline(self, feed: _LockstepFeed):
+        from nvidia.dali import fn
+        from nvidia.dali.pipeline import Pipeline
+
+        cfg, data = self.cfg, self.data
+        on_gpu = self.device == "cuda"
+        pipe = Pipeline(
+            batch_size=cfg.batch_size,
+            num_threads=cfg.num_threads,
+            device_id=torch.cuda.current_device() if on_gpu else None,
+            prefetch_queue_depth=cfg.prefetch,
+            exec_dynamic=True,
+            seed=cfg.seed,
+        )
+        n_frames = int(self._rows.events is not None) + int(self._rows.statics is not None)
+        with pipe:
+            host = dict(
+                zip(
+                    self._host_parts,
+                    fn.external_source(
+                        source=lambda: feed.take(0),
+                        num_outputs=len(self._host_parts),
+                        batch=True,
+                        no_copy=True,
+                    ),
+                    strict=True,
+                )
+            )
+            rows = fn.external_source(
+                source=lambda: feed.take(1),
+                num_outputs=n_frames,
+                batch=True,
+                no_copy=True,
+                device="gpu" if self.resident else "cpu",
+            )
+            rows = list(rows) if isinstance(rows, (list, tuple)) else [rows]
+            events_bytes = rows.pop(0) if self._rows.events is not None else None
+            static_bytes = rows.pop(0) if self._rows.statics is not None else None
+            T, H, W = data.time_steps, *data.frame_size
+            outs = build_mix_graph(
+                events_bytes,
+                static_bytes,
+                host,
+                cfg.mode,
+                (T, H, W),
+                self._lut,
+                cfg.augment,
+                to_gpu=on_gpu and not self.resident,
+            )
+            pipe.set_outputs(*outs, host["labels"], host["mrp"], host["index"])
+        pipe.build()
+        return pipe
+
+    def _to_batch(self, outputs) -> MixedBatch:
+        tensors = [_to_torch(out, self.device) for out in outputs]
+        if self.cfg.mode == "pair":
+            frames, mag, static, labels, mrp, index = tensors
+        else:
+            (frames, mag, labels, mrp, index), static = tensors, None
+        return MixedBatch(frames=frames, labels=labels, mag=mag, mrp=mrp, static=static, index=index)
+
+
+def _to_torch(tensor_list, device: str) -> torch.Tensor:
+    """A DALI batch as a torch tensor on ``device``.
+
+    CPU outputs are shared through DLPack without a copy: DALI's dynamic executor (``exec_dynamic``)
+    hands out buffers it does not reuse while they are referenced (tests/test_loader.py holds batches
+    across iterations to check it). GPU outputs are copied on torch's current stream.
+    """
+    from nvidia.dali.backend import TensorListGPU
+
+    dense = tensor_list.as_tensor()
+    if isinstance(tensor_list, TensorListGPU):
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+        out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
+        return out
+    return torch.from_dlpack(dense).to(device)

@@ -1,0 +1,195 @@
+"""Training methods by name, all driven by the same loop in ``tmkt.train`` with the same budget.
+
+A method says which loader mode it needs (per epoch), sets the loader's mixing ratio before
+each step, decides which heads the model builds, and turns ``(model, batch, progress)`` into a
+dict of losses whose ``"loss"`` entry is optimised. ``progress`` is the fraction of the whole
+training run done, in [0, 1].
+
+- ``tmkt``: Time-step Mixup with the MAG and MRP heads; ``r_m`` follows a RatioSchedule.
+  Ablations: ``tsm`` (no heads), ``tsm+mag``, ``tsm+mrp``.
+- ``event``: event frames only (the TET baseline).
+- ``finetune``: static images for the first ``static_fraction`` of the epochs, then events.
+- ``he2024``: He et al. 2024: per sample, the static sequence is replaced by the event sequence
+  with probability ``progress**3``, plus a CKA loss aligning static and event features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from tmkt.losses import cka_loss, mag_loss, mrp_loss, tet_loss
+from tmkt.mixing import RatioSchedule
+
+METHOD_NAMES = ("tmkt", "tsm", "tsm+mag", "tsm+mrp", "event", "finetune", "he2024")
+
+
+def time_major(frames_btchw: torch.Tensor) -> torch.Tensor:
+    """Loader batches are ``[B, T, C, H, W]``; spikingjelly's multi-step mode wants ``[T, B, C, H, W]``."""
+    return frames_btchw.transpose(0, 1)
+
+
+def batch_accuracy(logits_tbk: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Accuracy of the time-averaged logits (how SNN outputs are read out), detached."""
+    return (logits_tbk.detach().mean(0).argmax(-1) == labels).float().mean()
+
+
+class Method(Protocol):
+    name: str
+    mag_head: bool
+    mrp_head: bool
+
+    def mode_for_epoch(self, epoch: int, epochs: int) -> str: ...
+
+    def on_step(self, loader, progress: float) -> float | None: ...
+
+    def loss(self, model, batch, progress: float) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class EventOnly:
+    """Event frames only; per-step TET loss."""
+
+    name: str = "event"
+    tet_mse_weight: float = 0.0
+    mag_head: bool = field(default=False, init=False)
+    mrp_head: bool = field(default=False, init=False)
+
+    def mode_for_epoch(self, epoch: int, epochs: int) -> str:
+        return "event"
+
+    def on_step(self, loader, progress: float) -> float | None:
+        return None
+
+    def loss(self, model, batch, progress: float) -> dict[str, torch.Tensor]:
+        out = model(time_major(batch.frames))
+        cls = tet_loss(out.logits, batch.labels, self.tet_mse_weight)
+        return {"loss": cls, "cls": cls.detach(), "train_acc": batch_accuracy(out.logits, batch.labels)}
+
+
+@dataclass
+class StaticThenEvent(EventOnly):
+    """Static pre-training for the first ``static_fraction`` of the epochs, then event fine-tuning."""
+
+    name: str = "finetune"
+    static_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.static_fraction <= 1.0:
+            raise ValueError(f"finetune_static_fraction must be in [0, 1], got {self.static_fraction}")
+
+    def mode_for_epoch(self, epoch: int, epochs: int) -> str:
+        return "static" if epoch < round(self.static_fraction * epochs) else "event"
+
+
+@dataclass
+class TimeStepMixup:
+    """TSM with optional MAG (per-step modality) and MRP (event fraction) objectives."""
+
+    name: str = "tmkt"
+    schedule: RatioSchedule = field(default_factory=RatioSchedule)
+    mag: bool = True
+    mrp: bool = True
+    l_mag: float = 1.0
+    l_mrp: float = 1.0
+    tet_mse_weight: float = 0.0
+
+    @property
+    def mag_head(self) -> bool:
+        return self.mag
+
+    @property
+    def mrp_head(self) -> bool:
+        return self.mrp
+
+    def mode_for_epoch(self, epoch: int, epochs: int) -> str:
+        return "mix"
+
+    def on_step(self, loader, progress: float) -> float | None:
+        r_m = self.schedule(progress)
+        loader.set_ratio(r_m)
+        return r_m
+
+    def loss(self, model, batch, progress: float) -> dict[str, torch.Tensor]:
+        out = model(time_major(batch.frames))
+        cls = tet_loss(out.logits, batch.labels, self.tet_mse_weight)
+        total = cls
+        losses = {"cls": cls.detach()}
+        if self.mag:
+            term = mag_loss(out.mag_logits, batch.mag)
+            total = total + self.l_mag * term
+            losses["mag"] = term.detach()
+        if self.mrp:
+            term = mrp_loss(out.mrp, batch.mrp)
+            total = total + self.l_mrp * term
+            losses["mrp"] = term.detach()
+        return {"loss": total, **losses, "train_acc": batch_accuracy(out.logits, batch.labels)}
+
+
+@dataclass
+class He2024:
+    """Sliding replacement + CKA domain alignment (He et al., AAAI 2024), on loader mode "pair".
+
+    One forward pass runs the static and the event sequence of every sample side by side
+    (batch ``2B``). The classification loss uses, per sample, the event outputs with probability
+    ``progress**3`` and the static outputs otherwise, which is the whole-sample replacement of
+    He et al.; the CKA loss aligns the flattened per-step features of the two streams.
+    """
+
+    name: str = "he2024"
+    l_cka: float = 1.0
+    tet_mse_weight: float = 0.0
+    mag_head: bool = field(default=False, init=False)
+    mrp_head: bool = field(default=False, init=False)
+
+    def mode_for_epoch(self, epoch: int, epochs: int) -> str:
+        return "pair"
+
+    def on_step(self, loader, progress: float) -> float | None:
+        return None
+
+    def loss(self, model, batch, progress: float) -> dict[str, torch.Tensor]:
+        if batch.static is None:
+            raise ValueError("he2024 needs the loader's 'pair' mode (batch.static is None)")
+        B = batch.frames.shape[0]
+        out = model(time_major(torch.cat([batch.static, batch.frames], dim=0)))
+        static_logits, event_logits = out.logits[:, :B], out.logits[:, B:]
+        # Drawn on the CPU generator so that the checkpointed RNG state replays it on resume.
+        use_event = (torch.rand(B) < progress**3).to(out.logits.device)
+        logits = torch.where(use_event[None, :, None], event_logits, static_logits)
+        cls = tet_loss(logits, batch.labels, self.tet_mse_weight)
+        feats = out.features.transpose(0, 1)  # [2B, T, D]
+        cka = cka_loss(feats[:B], feats[B:])
+        return {
+            "loss": cls + self.l_cka * cka,
+            "cls": cls.detach(),
+            "cka": cka.detach(),
+            "event_share": use_event.float().mean(),
+            "train_acc": batch_accuracy(logits, batch.labels),
+        }
+
+
+def build_method(
+    name: str,
+    schedule: RatioSchedule | None = None,
+    l_mag: float = 1.0,
+    l_mrp: float = 1.0,
+    l_cka: float = 1.0,
+    finetune_static_fraction: float = 0.5,
+    tet_mse_weight: float = 0.0,
+) -> Method:
+    """The method called ``name`` (one of ``METHOD_NAMES``) with its options."""
+    schedule = schedule or RatioSchedule()
+    heads = {"tmkt": (True, True), "tsm": (False, False), "tsm+mag": (True, False), "tsm+mrp": (False, True)}
+    if name in heads:
+        mag, mrp = heads[name]
+        return TimeStepMixup(name, schedule, mag, mrp, l_mag, l_mrp, tet_mse_weight)
+    if name == "event":
+        return EventOnly(tet_mse_weight=tet_mse_weight)
+    if name == "finetune":
+        return StaticThenEvent(tet_mse_weight=tet_mse_weight, static_fraction=finetune_static_fraction)
+    if name == "he2024":
+        return He2024(l_cka=l_cka, tet_mse_weight=tet_mse_weight)
+    raise ValueError(f"unknown method {name!r}; expected one of {METHOD_NAMES}")

@@ -1,0 +1,6 @@
+"""Prefect flows and deployments on top of `pipelines` (and, optionally, `tmkt.train`).
+
+`flows.dataset`: the `build-dataset` and `refresh-dataset` flows. `flows.training`: the `train` flow.
+`flows.deployments`: what `tmkt serve` (`flows.serve`) serves. `flows.server`: `tmkt server`, a local
+Prefect server on 127.0.0.1. Modules import Prefect; `pipelines` and `storage` never do.
+"""

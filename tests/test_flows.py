@@ -113,7 +113,7 @@ def run_logs_and_artifacts(flow_run_id: str) -> tuple[list[str], list[str]]:
 def deployment_run(name: str, params: dict[str, str], timeout: int = 240) -> tuple[str, float]:
     """`prefect deployment run NAME --param ... --watch`; returns the flow run id and the wall time."""
     command = [str(Path(sys.executable).parent / "prefect"), "deployment", "run", name, "--watch"]
-    command += ["--watch-timeout", str(timeout)]
+    command += ["--watch-timeout", str(timeout), "--watch-interval", "1"]
     for key, value in params.items():
         command += ["--param", f"{key}={value}"]
     started = time.perf_counter()

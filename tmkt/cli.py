@@ -58,10 +58,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_message(err: Exception) -> str | None:
     """One line for the mistakes users make; None for bugs, which keep their traceback."""
+    from flows.deployments import DeploymentError
+    from flows.server import ServerError, ServerUnreachable
     from pipelines.build import BuildError
     from storage.repo import StoreNotFound
 
-    if isinstance(err, UserError | BuildError | StoreNotFound | FileNotFoundError):
+    known = (
+        UserError,
+        BuildError,
+        StoreNotFound,
+        FileNotFoundError,
+        ServerUnreachable,
+        ServerError,
+        DeploymentError,
+    )
+    if isinstance(err, known):
         return str(err)
     return None
 
@@ -166,9 +177,9 @@ def build_config_from_args(args: argparse.Namespace):  # -> pipelines.build.Buil
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from pipelines.build import run_build
+    from flows.dataset import run_build_flow  # the same flow the deployments run
 
-    result = run_build(build_config_from_args(args))
+    result = run_build_flow(build_config_from_args(args))
     report = result.report
     print(_build_summary(result.snapshot, result.committed, report))
     if args.json:

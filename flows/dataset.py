@@ -129,6 +129,7 @@ def build_dataset(
     workers: int = 2,
     dask_address: str | None = None,
     max_bad_fraction: float = 0.1,
+    source_options: dict[str, Any] | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Build (or refresh) a store from raw recordings; the parameters are those of `tmkt build-dataset`.
@@ -151,6 +152,7 @@ def build_dataset(
         workers=workers,
         dask_address=dask_address,
         max_bad_fraction=max_bad_fraction,
+        source_options=dict(source_options or {}),
     )
     return _run(config, "build", force)
 
@@ -336,4 +338,5 @@ BUILD_PARAMETERS = (
     "workers",
     "dask_address",
     "max_bad_fraction",
+    "source_options",
 )

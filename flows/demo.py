@@ -144,7 +144,16 @@ def wait_for_deployment(
 
 def run_build_deployment(env: dict[str, str], data: Path, recordings_per_class: int) -> float:
     """`prefect deployment run build-dataset/builtin --watch`, exactly as a user types it."""
-    command = [_prefect(), "deployment", "run", "build-dataset/builtin", "--watch"]
+    options = json.dumps({"recordings_per_class": recordings_per_class})
+    command = [
+        _prefect(),
+        "deployment",
+        "run",
+        "build-dataset/builtin",
+        "--watch",
+        "--param",
+        f"source_options={options}",
+    ]
     log.info("running: %s", " ".join(command[1:]))
     started = time.perf_counter()
     done = subprocess.run(command, env=env)

@@ -86,6 +86,11 @@ class BuildConfig:
     dask_address: str | None = None
     max_bad_fraction: float = 0.1
     batch_size: int = 32
+    #: options of the source adapter (its dataclass fields), e.g. {"recordings_per_class": 10} for builtin
+    source_options: dict[str, Any] = field(default_factory=dict)
+
+    def source_adapter(self) -> Any:
+        return get_source(self.source, **self.source_options)
 
     def frame_spec(self) -> FrameSpec:
         size = self.size or DEFAULT_SIZES.get(self.source, (48, 48))
@@ -105,6 +110,7 @@ class BuildConfig:
             "val_fraction": self.val_fraction,
             "test_fraction": self.effective_test_fraction(),
             "seed": self.seed,
+            "source_options": self.source_options,
         }
 
 
@@ -150,7 +156,7 @@ class BuildResult:
 # --------------------------------------------------------------------------------------------
 def plan_build(config: BuildConfig) -> BuildPlan:
     started = time.perf_counter()
-    source = get_source(config.source)
+    source = config.source_adapter()
     raw = Path(config.raw)
     if config.source != "builtin" and not raw.is_dir():
         raise BuildError(f"raw folder not found: {raw}")
@@ -251,7 +257,7 @@ def hash_batch(plan: BuildPlan, indices: Sequence[int]) -> list[dict[str, Any]]:
 
 def process_batch(plan: BuildPlan, indices: Sequence[int], hashed: list[dict[str, Any]]) -> BatchResult:
     """Decode or reuse, and bin one batch of recordings. Bad files become quarantine rows."""
-    source = get_source(plan.config.source)
+    source = plan.config.source_adapter()
     raw = Path(plan.config.raw)
     rows, events, sensors = [], [], []
     frames: dict[str, list[np.ndarray]] = {spec.key: [] for spec in plan.specs}
@@ -351,7 +357,7 @@ def _previous_reader(store: str, snapshot: str) -> DatasetReader:
 
 def load_statics(plan: BuildPlan, paths: Sequence[str]) -> dict[str, Any]:
     """Load the static images of some files (containers are read once), with their frames."""
-    source = get_source(plan.config.source)
+    source = plan.config.source_adapter()
     root = Path(plan.config.static) if plan.config.static else Path(plan.config.raw)
     wanted = set(paths)
     images, labels, splits, rows = [], [], [], []

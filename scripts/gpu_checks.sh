@@ -11,6 +11,9 @@ STORE=${STORE:-data/nmnist}
 BUDGET=${EXPERIMENT_SECONDS:-300}
 EPOCHS=${EPOCHS:-30}
 BACKBONE=${BACKBONE:-small}
+PARALLEL=${PARALLEL:-8}
+TRAIN_ARGS=${TRAIN_ARGS:-"lr=5e-3 batch_size=32 hflip=false"}
+BENCH=${BENCH:-1}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -25,12 +28,13 @@ print('dali', dali.__version__, 'zarr', zarr.__version__, 'icechunk', icechunk._
 
 step "loader exactness on the GPU"
 for resident in on off; do
-  TMKT_TEST_DEVICE=cuda TMKT_TEST_RESIDENT=$resident timeout 240 $PY -m pytest -q -p no:cacheprovider \
+  TMKT_TEST_DEVICE=cuda TMKT_TEST_RESIDENT=$resident timeout 240 $PY -m pytest -q -p no:cacheprovider --noconftest \
     tests/test_loader.py -k "equals_the_reference or modes_fix or set_ratio or partial_batch or deterministic" \
     >>"$log" 2>&1
   echo "resident=$resident exit $?" | tee -a "$log"
 done
 
+if [ "$BENCH" = 1 ]; then
 step "bench loader"
 timeout 180 $PY -m tmkt.cli bench loader --store "34x34=$STORE" --json "$OUT/bench_loader.json" --seconds 3 \
   >>"$log" 2>&1 || echo "bench loader failed: $?" | tee -a "$log"
@@ -38,14 +42,16 @@ timeout 180 $PY -m tmkt.cli bench loader --store "34x34=$STORE" --json "$OUT/ben
 step "bench train"
 timeout 240 $PY -m tmkt.cli bench train --store "$STORE" --json "$OUT/bench_train.json" --steps 20 --warmup 3 \
   >>"$log" 2>&1 || echo "bench train failed: $?" | tee -a "$log"
+fi
 
 step "experiment grid (${BUDGET}s)"
 deadline=$(( $(date +%s) + BUDGET ))
 grid() {
   left=$(( deadline - $(date +%s) ))
   if [ "$left" -le 10 ]; then echo "skipped (time): $*" | tee -a "$log"; return; fi
-  timeout "$left" $PY -m tmkt.cli experiment --store "$STORE" --out exp "$@" \
-    epochs="$EPOCHS" backbone="$BACKBONE" checkpoint_every=0 >>"$log" 2>&1
+  # shellcheck disable=SC2086
+  timeout "$left" $PY -m tmkt.cli experiment --store "$STORE" --out exp --parallel "$PARALLEL" "$@" \
+    epochs="$EPOCHS" backbone="$BACKBONE" checkpoint_every=0 $TRAIN_ARGS >>"$log" 2>&1
   echo "grid $* exit $?" | tee -a "$log"
 }
 grid --methods tmkt,event --seeds 0,1,2 --per-class 0

@@ -233,7 +233,7 @@ def test_from_store_reads_one_split_and_every_static(tmp_path):
     np.testing.assert_array_equal(loaded.event_frames, data.event_frames[splits == 1])
     np.testing.assert_array_equal(loaded.event_labels, data.event_labels[splits == 1])
     np.testing.assert_array_equal(loaded.static_frames, data.static_frames)
-    assert loaded.static_scale == static_scale_of(data.event_frames[splits == 1])
+    assert loaded.static_scale == static_scale_of(data.event_frames[splits == 1], data.static_frames)
     assert loaded.snapshot == snapshot and loaded.num_classes == 3
     scarce = MixData.from_store(tmp_path / "store", split="train", max_recordings_per_class=1, seed=3)
     train_classes = np.unique(data.event_labels[splits == 0])
@@ -271,9 +271,14 @@ def test_real_nmnist_and_mnist_mix_exactly_as_the_reference():
     image_labels = read_idx(next((root / "mnist").glob("t10k-labels*")))[:300].astype(np.int64)
     statics = np.pad(images, ((0, 0), (3, 3), (3, 3)))  # 28x28 digits centred on the 34x34 sensor
     data = MixData(
-        events, [int(f.parent.name) for f in files], statics, image_labels, static_scale_of(events), 10
+        events,
+        [int(f.parent.name) for f in files],
+        statics,
+        image_labels,
+        static_scale_of(events, statics),
+        10,
     )
-    assert 1 <= data.static_scale < 100
+    assert 0.5 <= data.static_scale < 100
     augment = AugmentConfig()
     loader = loader_for(data, batch_size=8, augment=augment)
     loader.set_ratio(0.5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tmkt.models import BACKBONES, ModelConfig, build_model
+from tmkt.models import BACKBONES, POOLED_SIZE, ModelConfig, build_model
 
 T, B, K = 4, 2, 5
 
@@ -15,7 +15,7 @@ def test_output_shapes(backbone):
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone=backbone), num_classes=K, T=T)
     out = model(torch.rand(T, B, 2, 32, 32))
-    dim = model.backbone.out_channels
+    dim = model.backbone.out_channels * POOLED_SIZE**2
     assert out.logits.shape == (T, B, K)
     assert out.features.shape == (T, B, dim)
     assert out.mag_logits.shape == (T, B)

@@ -24,16 +24,21 @@ def make_data(
         event_labels=rng.integers(0, classes, n),
         static_frames=statics,
         static_labels=np.arange(m) % classes,
-        static_scale=static_scale_of(events),
+        static_scale=static_scale_of(events, statics),
         num_classes=classes,
     )
 
 
-def test_static_scale_is_the_99th_percentile_of_nonzero_counts():
+def test_static_scale_matches_the_mean_static_frame_to_the_mean_event_frame():
     frames = np.zeros((2, 3, 2, 10, 10), np.uint16)
-    frames.flat[:200] = np.arange(1, 201)  # 1..200 non-zero, the rest empty
-    assert static_scale_of(frames) == pytest.approx(np.percentile(np.arange(1, 201), 99))
-    assert static_scale_of(np.zeros((1, 2, 2, 3, 3), np.uint16)) == 1.0
+    frames.flat[:200] = np.arange(1, 201)
+    statics = np.zeros((4, 10, 10), np.uint8)
+    statics[:, :5] = 255  # half the pixels full
+    scale = static_scale_of(frames, statics)
+    assert scale == pytest.approx(frames.mean() / 0.5)
+    assert (statics / 255 * scale).mean() == pytest.approx(frames.mean())
+    assert static_scale_of(np.zeros((1, 2, 2, 3, 3), np.uint16), statics) == 1.0
+    assert static_scale_of(frames, np.zeros((1, 10, 10), np.uint8)) == 1.0
     lut = static_lut(7.5)
     assert lut.dtype == np.float32 and lut[0] == 0 and lut[255] == np.float32(7.5)
     assert lut[51] == np.float32(51 / 255 * 7.5)

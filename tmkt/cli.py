@@ -151,6 +151,13 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-bad-fraction", type=float, default=0.1, help="fail past this share of bad recordings"
     )
+    parser.add_argument(
+        "--source-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the source adapter, e.g. recordings_per_class=10 for builtin (repeatable)",
+    )
     parser.add_argument("--json", help="also write the build report to this file")
 
 
@@ -173,7 +180,19 @@ def build_config_from_args(args: argparse.Namespace):  # -> pipelines.build.Buil
         workers=args.workers,
         dask_address=args.dask_address,
         max_bad_fraction=args.max_bad_fraction,
+        source_options=dict(_parse_option(item) for item in args.source_option),
     )
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, booleans), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"--source-option takes KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

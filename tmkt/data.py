@@ -14,24 +14,25 @@ import numpy as np
 
 from storage.schema import SPLITS
 
-#: The share of non-zero event counts below the value a static pixel of 255 is mapped to.
-STATIC_SCALE_PERCENTILE = 99.0
 
+def static_scale_of(event_frames: np.ndarray, static_frames: np.ndarray) -> float:
+    """How many events a static pixel of 255 stands for: the scale at which the mean static frame
+    equals the mean event frame (per pixel, polarity channel and time-step).
 
-def static_scale_of(event_frames: np.ndarray) -> float:
-    """How many events a static pixel of 255 stands for: the 99th percentile of non-zero event counts.
-
-    Why: mixed sequences put static and event frames side by side, so both should span the same
-    numeric range, or the network could tell the domains apart by magnitude alone (and MAG would be
-    trivial). The maximum is set by a few hot pixels and bursts; the 99th percentile of the non-zero
-    counts is what a bright, active pixel typically reaches. Zeros are left out because most pixels
-    of an event frame are empty and would drag any percentile to 0. Returns 1.0 when there is no event.
+    Why: a mixed batch goes through the same BatchNorm layers whatever its domain, and the network is
+    evaluated on events alone. Matching the means keeps the normalisation statistics learnt on mixed
+    batches valid for event-only input. Matching the range instead (255 -> the 99th percentile of
+    non-zero counts) made static frames about three times heavier than event frames on N-MNIST, and a
+    network trained on such mixes classified mixed sequences well but event-only ones near chance.
+    Returns 1.0 when either side is empty or all zero.
     """
-    values = np.asarray(event_frames)
-    nonzero = values[values > 0]
-    if nonzero.size == 0:
+    event_mean = float(np.asarray(event_frames, dtype=np.float64).mean()) if np.size(event_frames) else 0.0
+    static_mean = (
+        float(np.asarray(static_frames, dtype=np.float64).mean()) / 255.0 if np.size(static_frames) else 0.0
+    )
+    if event_mean <= 0.0 or static_mean <= 0.0:
         return 1.0
-    return float(np.percentile(nonzero, STATIC_SCALE_PERCENTILE))
+    return event_mean / static_mean
 
 
 def static_lut(static_scale: float) -> np.ndarray:
@@ -143,12 +144,13 @@ class MixData:
         if max_recordings_per_class is not None:
             chosen = keep_per_class(chosen, labels[chosen], max_recordings_per_class, seed)
         event_frames = np.asarray(reader.event_frames(key, indices=chosen))
+        static_frames = np.asarray(reader.static_frames(key))
         return cls(
             event_frames=event_frames,
             event_labels=labels[chosen],
-            static_frames=np.asarray(reader.static_frames(key)),
+            static_frames=static_frames,
             static_labels=np.asarray(reader.image_labels, dtype=np.int64),
-            static_scale=static_scale_of(event_frames),
+            static_scale=static_scale_of(event_frames, static_frames),
             num_classes=len(reader.classes),
             snapshot=str(reader.snapshot_id),
         )

@@ -28,39 +28,57 @@ def run_grid(
     seeds: list[int],
     per_class: list[int],
     overrides: dict[str, str],
+    parallel: int = 1,
 ) -> list[Path]:
-    """Train every (budget, method, seed); runs already finished are kept, not repeated."""
+    """Train every (budget, method, seed); runs already finished are kept, not repeated.
+
+    ``parallel`` > 1 trains that many runs at once in separate processes: small spiking nets leave a
+    big GPU (or a many-core host) mostly idle, and independent runs fill it.
+    """
     from tmkt.train import TrainConfig, config_with
 
-    runs = []
-    total = len(methods) * len(seeds) * len(per_class)
-    started = time.perf_counter()
+    runs, todo = [], []
     for k in per_class:
         for method in methods:
             for seed in seeds:
                 run_dir = out / f"k{k or 'all'}" / f"{method}-s{seed}"
                 runs.append(run_dir)
-                if (run_dir / "result.json").is_file():
-                    continue
-                config = config_with(
-                    TrainConfig(store=store, method=method, seed=seed, out=str(run_dir)),
-                    {**overrides, "max_recordings_per_class": k, "tag": "", "progress_bar": False},
-                )
-                from tmkt.train import train
+                if not (run_dir / "result.json").is_file():
+                    values = {**overrides, "max_recordings_per_class": k, "progress_bar": False}
+                    base = TrainConfig(store=store, method=method, seed=seed, out=str(run_dir))
+                    todo.append(config_with(base, values))
+    started = time.perf_counter()
+    if parallel > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-                result = train(config)
-                done = len([r for r in runs if (r / "result.json").is_file()])
-                log.info(
-                    "[%d/%d] k=%s %s seed %d: val %.4f (%.0f s elapsed)",
-                    done,
-                    total,
-                    k or "all",
-                    method,
-                    seed,
-                    result["val_accuracy"],
-                    time.perf_counter() - started,
-                )
+        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_train, config): config for config in todo}
+            for done, future in enumerate(as_completed(futures), 1):
+                _log_run(futures[future], future.result(), done, len(todo), started)
+    else:
+        for done, config in enumerate(todo, 1):
+            _log_run(config, _train(config), done, len(todo), started)
     return runs
+
+
+def _train(config: Any) -> dict[str, Any]:
+    from tmkt.train import train
+
+    return train(config)
+
+
+def _log_run(config: Any, result: dict[str, Any], done: int, total: int, started: float) -> None:
+    log.info(
+        "[%d/%d] k=%s %s seed %d: val %.4f (%.0f s elapsed)",
+        done,
+        total,
+        config.max_recordings_per_class or "all",
+        config.method,
+        config.seed,
+        result["val_accuracy"] or 0.0,
+        time.perf_counter() - started,
+    )
 
 
 def write_report(out: Path, runs: list[Path]) -> dict[str, Any]:
@@ -136,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="tmkt,event,finetune,he2024,tsm,tsm+mag,tsm+mrp")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--per-class", default="0", help="recordings per class, 0 = all (e.g. 0,5,10,25)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs trained at once (processes)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from runs")
     parser.add_argument("overrides", nargs="*", help="TrainConfig key=value for every run")
     args = parser.parse_args(argv)
@@ -147,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         runs = [d for d in sorted(args.out.glob("k*/*")) if (d / "result.json").is_file()]
     else:
-        runs = run_grid(args.store, args.out, methods, seeds, per_class, overrides)
+        runs = run_grid(args.store, args.out, methods, seeds, per_class, overrides, args.parallel)
     summary = write_report(args.out, runs)
     print(json.dumps(summary, indent=2))
     return 0

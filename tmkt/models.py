@@ -171,6 +171,10 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+#: Side of the spatial map the heads see, whatever the frame size.
+POOLED_SIZE = 3
+
+
 class SpikingClassifier(nn.Module):
     """Backbone + per-step classifier + optional MAG/MRP heads. Input ``[T, B, 2, H, W]``."""
 
@@ -180,10 +184,11 @@ class SpikingClassifier(nn.Module):
         self.num_classes = num_classes
         self.T = T
         self.backbone = BACKBONES[cfg.backbone](cfg, in_channels)
-        dim = self.backbone.out_channels
-        # Global average pooling keeps the model independent of the frame size
-        # (the original VGG-SNN flattens a fixed 3x3 map at 48x48 instead).
-        self.pool = layer.SeqToANNContainer(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        # Pooling to a fixed 3x3 map keeps where things are (the VGG-SNN of He et al. flattens its
+        # 3x3 map at 48x48) while accepting any frame size. Global pooling to 1x1 throws the layout
+        # away: on N-MNIST it learnt several times slower in the same number of steps.
+        dim = self.backbone.out_channels * POOLED_SIZE**2
+        self.pool = layer.SeqToANNContainer(nn.AdaptiveAvgPool2d(POOLED_SIZE), nn.Flatten())
         self.classifier = nn.Linear(dim, num_classes)
         self.mag = nn.Linear(dim, 1) if cfg.mag_head else None
         self.mrp = nn.Sequential(nn.Linear(dim, 1), nn.Sigmoid()) if cfg.mrp_head else None

@@ -84,7 +84,10 @@ def _log_run(config: Any, result: dict[str, Any], done: int, total: int, started
 def write_report(out: Path, runs: list[Path]) -> dict[str, Any]:
     from tmkt.plots import load_run, mean_std, plot_curves, results_table
 
-    budgets = sorted({r.parent.name for r in runs}, key=lambda name: (name != "kall", name))
+    budgets = sorted(
+        {r.parent.name for r in runs},
+        key=lambda name: (name != "kall", int(name[1:] or 0) if name != "kall" else 0),
+    )
     summary: dict[str, Any] = {}
     sections = []
     for budget in budgets:
@@ -139,6 +142,7 @@ def _plot_scarcity(summary: dict[str, Any], out_png: Path) -> None:
         )
     ax.set_xscale("log")
     ax.set_xticks(xs, [str(x) for x in xs])
+    ax.minorticks_off()  # the log axis would label its minor ticks too
     ax.set_xlabel("event recordings per class used for training")
     ax.set_ylabel("validation accuracy")
     ax.legend(fontsize=8)

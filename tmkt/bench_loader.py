@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from tmkt.data import MixData, StaticsByClass, static_lut
-from tmkt.loader import LoaderConfig, MixLoader
+from tmkt.loader import LoaderConfig, MixLoader, endless
 from tmkt.mixing import mag_targets, mrp_targets, sample_cut, solve_p
 from tmkt.reference import apply_mix
 
@@ -171,18 +171,12 @@ def data_wait_share(loader: MixLoader, steps: int = 50) -> float:
         torch.nn.Linear(64, loader.data.num_classes),
     ).cuda()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-    batches, waited, epoch = iter(loader), 0.0, 0
+    batches, waited = endless(loader), 0.0
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         t0 = time.perf_counter()
-        try:
-            batch = next(batches)
-        except StopIteration:
-            epoch += 1
-            loader.set_epoch(epoch)
-            batches = iter(loader)
-            batch = next(batches)
+        batch = next(batches)
         torch.cuda.synchronize()
         waited += time.perf_counter() - t0
         loss = torch.nn.functional.cross_entropy(net(batch.frames.flatten(1, 2)), batch.labels)

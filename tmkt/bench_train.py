@@ -41,7 +41,7 @@ def bench_backbone(
     num_threads: int = 2,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps of ``backbone`` on ``data`` (a MixData) with the mixing loader."""
-    from tmkt.loader import LoaderConfig, MixLoader
+    from tmkt.loader import LoaderConfig, MixLoader, endless
 
     device = torch.device(device)
     torch.manual_seed(0)
@@ -62,19 +62,13 @@ def bench_backbone(
     if len(loader) == 0:
         raise ValueError(f"the training split holds fewer than batch_size={batch_size} recordings")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    epoch, batches = 0, iter(loader)
+    batches = endless(loader)
     wait = total = 0.0
     samples = 0
     for i in range(warmup + steps):
         method.on_step(loader, 0.5)
         t0 = time.perf_counter()
-        try:
-            batch = next(batches)
-        except StopIteration:
-            epoch += 1
-            loader.set_epoch(epoch)
-            batches = iter(loader)
-            batch = next(batches)
+        batch = next(batches)
         batch = to_device(batch, device)
         _sync(device)
         t1 = time.perf_counter()

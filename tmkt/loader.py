@@ -475,3 +475,12 @@ def _to_torch(tensor_list, device: str) -> torch.Tensor:
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
         return out
     return torch.from_dlpack(dense).to(device)
+
+
+def endless(loader: MixLoader) -> Iterator[MixedBatch]:
+    """Batches without end, reshuffled each epoch: for benchmarks that time a number of steps."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1

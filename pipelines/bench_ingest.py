@@ -56,6 +56,8 @@ def timed_build(raw: Path, workers: int, time_bins: int, scratch: Path) -> tuple
 
     from pipelines.build import BuildConfig, run_build
 
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
     config = BuildConfig(
         source="nmnist",
         raw=str(raw),

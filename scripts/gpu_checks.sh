@@ -12,7 +12,7 @@ BUDGET=${EXPERIMENT_SECONDS:-300}
 EPOCHS=${EPOCHS:-30}
 BACKBONE=${BACKBONE:-small}
 PARALLEL=${PARALLEL:-8}
-TRAIN_ARGS=${TRAIN_ARGS:-"lr=5e-3 batch_size=32 hflip=false"}
+TRAIN_ARGS=${TRAIN_ARGS:-"lr=5e-3 batch_size=32 hflip=false"}  # = configs/nmnist-small.toml
 BENCH=${BENCH:-1}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1

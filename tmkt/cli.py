@@ -62,8 +62,10 @@ def _user_message(err: Exception) -> str | None:
     from flows.server import ServerError, ServerUnreachable
     from pipelines.build import BuildError
     from storage.repo import StoreNotFound
+    from tmkt.train import DeviceUnavailable
 
     known = (
+        DeviceUnavailable,
         UserError,
         BuildError,
         StoreNotFound,

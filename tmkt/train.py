@@ -232,9 +232,17 @@ def setup_distributed(device_kind: str) -> Dist:
     return Dist(rank, world, local)
 
 
+class DeviceUnavailable(RuntimeError):
+    """The configured device is not on this machine (printed as one line by the CLI)."""
+
+
 def resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable(
+            "device=cuda asked for, but this machine has no usable CUDA GPU (use device=cpu)"
+        )
     if name == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)

@@ -436,10 +436,10 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
     static = _gather_statics(plan, client)
     started = time.perf_counter()
     with Transaction(plan.config.store) as tx:
-        _write_recordings(tx, plan, futures, metas, rows)
+        sensors = _write_recordings(tx, plan, futures, metas, rows)
         _write_statics(tx, plan, static)
-        report = _report(plan, rows, static["rows"], metas, changes, bad_fraction)
-        _write_provenance(tx, plan, rows + static["rows"], report)
+        report = _report(plan, rows, static["rows"], changes, bad_fraction)
+        _write_provenance(tx, plan, rows + static["rows"], _common_sensor_size(sensors))
         plan.timings["write"] = time.perf_counter() - started
         report["timings"] = dict(plan.timings)
         tx.root["report"].attrs.update(_jsonable(report))
@@ -523,7 +523,8 @@ def _gather_statics(plan: BuildPlan, client: Any) -> dict[str, Any]:
 
 def _write_recordings(
     tx: Transaction, plan: BuildPlan, futures: list[Any], metas: list[dict[str, Any]], rows: list[dict]
-) -> None:
+) -> np.ndarray:
+    """Write every recording's arrays and frames; returns the ``[N, 2]`` sensor sizes."""
     counts = np.concatenate([m["counts"] for m in metas])
     sensors = np.concatenate([m["sensors"] for m in metas])
     good = [r for r in rows if r["status"] == "ok"]
@@ -559,6 +560,7 @@ def _write_recordings(
     from icechunk.dask import store_dask  # storage stays free of Dask; the writing side lives here
 
     tx.add_writer_forks([store_dask(sources=sources, targets=targets)])
+    return sensors
 
 
 def _event_field(result: BatchResult, name: str) -> np.ndarray:
@@ -618,7 +620,9 @@ def _static_frames_of(images: list[np.ndarray], spec: FrameSpec) -> np.ndarray:
     )
 
 
-def _write_provenance(tx: Transaction, plan: BuildPlan, rows: list[dict], report: dict) -> None:
+def _write_provenance(
+    tx: Transaction, plan: BuildPlan, rows: list[dict], sensor_size: list[int] | None
+) -> None:
     config = plan.config
     spec = config.frame_spec()
     good = [r for r in rows if r["status"] == "ok" and r["kind"] == "events"]
@@ -630,7 +634,7 @@ def _write_provenance(tx: Transaction, plan: BuildPlan, rows: list[dict], report
                 "raw_root": str(Path(config.raw).resolve()),
                 "static_root": str(Path(config.static).resolve()) if config.static else None,
                 "frames_key": spec.key,
-                "sensor_size": _dataset_sensor_size(config.source),
+                "sensor_size": sensor_size,
                 "split_rule": split_rule_text(
                     config.val_fraction, config.effective_test_fraction(), config.seed
                 ),
@@ -646,18 +650,16 @@ def _write_provenance(tx: Transaction, plan: BuildPlan, rows: list[dict], report
     tx.root.require_group("report")
 
 
-def _dataset_sensor_size(source: str) -> list[int] | None:
-    """The fixed sensor size of a source, when it has one (N-Caltech101 does not)."""
-    return {"nmnist": [34, 34], "builtin": [34, 34], "cifar10dvs": [128, 128], "dvsgesture": [128, 128]}.get(
-        source
-    )
+def _common_sensor_size(sensors: np.ndarray) -> list[int] | None:
+    """The sensor size ``[W, H]`` shared by every recording, or None (N-Caltech101 varies)."""
+    unique = np.unique(sensors, axis=0)
+    return [int(v) for v in unique[0]] if len(unique) == 1 else None
 
 
 def _report(
     plan: BuildPlan,
     rows: list[dict],
     static_rows: list[dict],
-    metas: list[dict],
     changes: dict[str, list[str]],
     bad_fraction: float,
 ) -> dict[str, Any]:

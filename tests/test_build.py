@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +69,7 @@ def test_real_nmnist_build_matches_independent_decode(tmp_path, client):
     assert reader.n_recordings == len(files) == 600
     assert reader.n_events == sum(len(e) for e in decoded.values())
     assert reader.classes == [str(d) for d in range(10)]
+    assert reader.attrs["sensor_size"] == [34, 34]
     assert reader.n_images == 10_000
     mnist_labels = read_idx(REAL / "mnist" / "t10k-labels-idx1-ubyte.gz")
     np.testing.assert_array_equal(np.bincount(reader.image_labels), np.bincount(mnist_labels))
@@ -199,19 +199,30 @@ def test_killed_build_leaves_previous_snapshot_and_rerun_completes(tmp_path, cli
         "--workers",
         "1",
     ]
-    for delay in (4.0, 7.0):
+    # kill when the build reports its first processed batch (decoding under way), then when it
+    # reports the last one (the shard writes and the commit are next)
+    killed_before_commit = 0
+    for trigger in ("processed 1/10 batches", "processed 10/10 batches"):
         proc = subprocess.Popen(
-            command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
-        time.sleep(delay)
-        os.killpg(proc.pid, signal.SIGKILL)
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if trigger in line:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
         proc.wait()
+        assert any(trigger in line for line in seen), "".join(seen[-20:])
         reader = DatasetReader(store)
         if reader.snapshot_id != first.snapshot:  # the kill came after the commit: a complete snapshot
             assert reader.n_recordings == 300
             break
         np.testing.assert_array_equal(reader.event_frames(), before)
+        assert [s["id"] for s in reader.history()][0] == first.snapshot
         assert verify_store(store) == []
+        killed_before_commit += 1
+    assert killed_before_commit >= 1
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     reader = DatasetReader(store)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,9 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Without PREFECT_API_URL, flows run on Prefect's temporary in-process server, whose first start
+    # (database migrations) can outlast Prefect's 20 s default on a small, busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("distributed", "httpx", "prefect", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -261,11 +261,11 @@ def process_batch(plan: BuildPlan, indices: Sequence[int], hashed: list[dict[str
     raw = Path(plan.config.raw)
     rows, events, sensors = [], [], []
     frames: dict[str, list[np.ndarray]] = {spec.key: [] for spec in plan.specs}
-    previous = _previous_reader(plan.config.store, plan.previous_snapshot) if plan.previous_snapshot else None
-    for i, hashed_row in zip(indices, hashed, strict=True):
-        w = plan.work[i]
+    work = [plan.work[i] for i in indices]
+    previous = _PreviousBatch.read(plan, work, hashed)
+    for w, hashed_row in zip(work, hashed, strict=True):
         row = dict(hashed_row)
-        reused = _reuse(previous, w, row)
+        reused = previous.reuse(w, row)
         if reused is not None:
             ev, sensor = reused
             row["action"] = "reused"
@@ -278,7 +278,7 @@ def process_batch(plan: BuildPlan, indices: Sequence[int], hashed: list[dict[str
         row["events"] = len(ev)
         row["data_hash"] = events_digest(ev)
         for spec in plan.specs:
-            old = _reuse_frames(previous, w, spec) if reused is not None else None
+            old = previous.frames.get(spec.key, {}).get(w.previous_index) if reused is not None else None
             frames[spec.key].append(old if old is not None else bin_events(ev, sensor, spec))
         rows.append(row)
         events.append(ev)
@@ -291,6 +291,60 @@ def process_batch(plan: BuildPlan, indices: Sequence[int], hashed: list[dict[str
         sensors=np.array(sensors, dtype=np.int64).reshape(-1, 2),
         frames={k: np.stack(v) if v else np.zeros((0, *spec_shape[k]), np.uint16) for k, v in frames.items()},
     )
+
+
+def _unchanged(w: Work, row: dict[str, Any]) -> bool:
+    return w.previous is not None and w.previous.get("sha256") == row.get("sha256")
+
+
+@dataclass
+class _PreviousBatch:
+    """What one batch reuses from the previous snapshot, read in bulk: each Zarr call costs
+    milliseconds, so events come as one range and frames as one selection per key."""
+
+    events: dict[int, np.ndarray] = field(default_factory=dict)
+    sensors: dict[int, tuple[int, int]] = field(default_factory=dict)
+    frames: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, plan: BuildPlan, work: list[Work], hashed: list[dict[str, Any]]) -> _PreviousBatch:
+        wanted = sorted(
+            w.previous_index
+            for w, row in zip(work, hashed, strict=True)
+            if _unchanged(w, row)
+            and w.previous["status"] == "ok"
+            and row["status"] == "ok"
+            and w.previous_index is not None
+        )
+        if not wanted:
+            return cls()
+        previous = _previous_reader(plan.config.store, plan.previous_snapshot)
+        offsets = previous.offsets
+        first, last = int(offsets[wanted[0]]), int(offsets[wanted[-1] + 1])
+        block = previous.events_range(first, last)
+        have = previous.frame_keys()
+        index = np.array(wanted)
+        return cls(
+            events={i: block[offsets[i] - first : offsets[i + 1] - first] for i in wanted},
+            sensors={i: tuple(int(v) for v in previous.sensor_sizes[i]) for i in wanted},
+            frames={
+                spec.key: dict(zip(wanted, previous.event_frames(spec.key, index), strict=True))
+                for spec in plan.specs
+                if spec.key in have
+            },
+        )
+
+    def reuse(self, w: Work, row: dict[str, Any]) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """Events of an unchanged recording; an unchanged known-bad file is quarantined again."""
+        if not _unchanged(w, row):
+            return None
+        if w.previous["status"] != "ok":
+            if row["status"] == "ok":
+                row.update(status="quarantined", reason=w.previous["reason"])
+            return None
+        if w.previous_index not in self.events:
+            return None
+        return self.events[w.previous_index], self.sensors[w.previous_index]
 
 
 def _manifest_row(raw: Path, w: Work) -> dict[str, Any]:
@@ -313,27 +367,6 @@ def _manifest_row(raw: Path, w: Work) -> dict[str, Any]:
     if item.reason:
         row.update(status="quarantined", reason=item.reason)
     return row
-
-
-def _reuse(previous: DatasetReader | None, w: Work, row: dict[str, Any]) -> tuple[np.ndarray, Any] | None:
-    """Events of an unchanged recording, read back from the previous snapshot."""
-    old = w.previous
-    if previous is None or old is None or old.get("sha256") != row.get("sha256"):
-        return None
-    if old["status"] != "ok":
-        # known bad and unchanged: quarantined again without decoding
-        if row["status"] == "ok":
-            row.update(status="quarantined", reason=old["reason"])
-        return None
-    if w.previous_index is None or row["status"] != "ok":
-        return None
-    return previous.events(w.previous_index), tuple(int(v) for v in previous.sensor_sizes[w.previous_index])
-
-
-def _reuse_frames(previous: DatasetReader | None, w: Work, spec: FrameSpec) -> np.ndarray | None:
-    if previous is None or spec.key not in previous.frame_keys():
-        return None
-    return previous.event_frames(spec.key, np.array([w.previous_index]))[0]
 
 
 def _decode(source: Any, raw: Path, item: EventItem, row: dict[str, Any]) -> tuple[np.ndarray, Any]:

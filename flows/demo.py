@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     data.mkdir(parents=True, exist_ok=True)
     services = Services(data / "prefect")
     # SIGTERM (CI timeouts, `kill`) must clean up like Ctrl-C does
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.perf_counter()
     try:
         env = services.start(args.port, data)
@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo report: {out / 'index.md'}")
     print(json.dumps({m: summary["methods"][m]["val_accuracy"] for m in summary["methods"]}))
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class Services:

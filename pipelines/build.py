@@ -34,7 +34,7 @@ from pipelines.errors import BadInput
 from pipelines.images import static_frames
 from pipelines.sources import get_source
 from pipelines.sources.base import EventItem, Listing, StaticItem
-from pipelines.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, assign_splits, split_rule_text
+from pipelines.splits import DEFAULT_VAL_FRACTION, assign_splits
 from storage.reader import DatasetReader
 from storage.repo import StoreNotFound
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
@@ -55,8 +55,6 @@ DEFAULT_SIZES = {
 #: How statics meet the frame size when ``--static-fit`` is not given: N-MNIST showed each 28x28
 #: digit at its own scale on a 34x34 sensor, so its statics are centred, not stretched.
 DEFAULT_STATIC_FITS = {"nmnist": "pad", "builtin": "pad"}
-#: Sources with no published test set get a seeded per-class test split (9:1 with the val split).
-SOURCES_WITHOUT_TEST = {"cifar10dvs", "ncaltech101", "folder", "builtin"}
 #: Static images of uneven sizes (Caltech101) are stored resized to this size.
 STATIC_STORE_SIZE = (128, 128)
 
@@ -90,7 +88,12 @@ class BuildConfig:
     source_options: dict[str, Any] = field(default_factory=dict)
 
     def source_adapter(self) -> Any:
-        return get_source(self.source, **self.source_options)
+        """The source, with this build's split parameters: the adapter knows whether its download
+        publishes a test split (then its default test fraction is 0) and describes the rule."""
+        split = {"val_fraction": self.val_fraction, "split_seed": self.seed}
+        if self.test_fraction is not None:
+            split["test_fraction"] = self.test_fraction
+        return get_source(self.source, **{**split, **self.source_options})
 
     def frame_spec(self) -> FrameSpec:
         size = self.size or DEFAULT_SIZES.get(self.source, (48, 48))
@@ -98,9 +101,7 @@ class BuildConfig:
         return FrameSpec(self.time_bins, tuple(size), self.mode, self.denoise_us, self.static_mode, fit)
 
     def effective_test_fraction(self) -> float:
-        if self.test_fraction is not None:
-            return self.test_fraction
-        return DEFAULT_TEST_FRACTION if self.source in SOURCES_WITHOUT_TEST else 0.0
+        return float(self.source_adapter().test_fraction)
 
     def data_params(self) -> dict[str, Any]:
         """What shapes the data (not where it is or how many workers made it)."""
@@ -668,9 +669,7 @@ def _write_provenance(
                 "static_root": str(Path(config.static).resolve()) if config.static else None,
                 "frames_key": spec.key,
                 "sensor_size": sensor_size,
-                "split_rule": split_rule_text(
-                    config.val_fraction, config.effective_test_fraction(), config.seed
-                ),
+                "split_rule": config.source_adapter().split_rule,
                 "splits": list(SPLITS),
                 "build_params": {k: v for k, v in asdict(config).items()},
                 "data_params": config.data_params(),

@@ -70,6 +70,7 @@ def test_real_nmnist_build_matches_independent_decode(tmp_path, client):
     assert reader.n_events == sum(len(e) for e in decoded.values())
     assert reader.classes == [str(d) for d in range(10)]
     assert reader.attrs["sensor_size"] == [34, 34]
+    assert reader.attrs["split_rule"].startswith("published Train/Test folders")
     assert reader.n_images == 10_000
     mnist_labels = read_idx(REAL / "mnist" / "t10k-labels-idx1-ubyte.gz")
     np.testing.assert_array_equal(np.bincount(reader.image_labels), np.bincount(mnist_labels))

@@ -6,16 +6,20 @@ How one batch is made:
    random draws for it (``draw_batch``: paired static per recording, cut point, crop offset, flip)
    from a numpy Generator seeded by (seed, epoch, rank). Drawing on the host makes every run
    reproducible and lets tests feed the very same draws to the pure-torch reference
-   (``tmkt.reference``) and compare bit for bit. The frames are gathered as rows of bytes, from host
-   memory, or from GPU memory when the data is resident there (then only indices cross PCIe).
-2. DALI graph (``build_mix_graph``, one graph for CPU and GPU): reinterpret the bytes as
-   ``uint16 [T,2,H,W]`` events and ``uint8 [1,H,W]`` statics, crop with zero padding and mirror
-   (the same offsets for every time-step of a sample and for its static), map static pixels through
-   the ``v / 255 * static_scale`` table, copy the static to both polarities, and mix: the mask
-   ``t >= t*`` becomes a frame order over ``[e_1..e_T, s]`` (``t-1`` where the mask is 1, ``T``
-   where it is 0) that ``sequence_rearrange`` applies. That is ``out = s + (e - s) * mask`` for a
-   0/1 mask, done as a copy: exact, and much cheaper on the CPU than DALI's broadcasting arithmetic.
-3. Outputs go to torch: shared through DLPack on the CPU (no copy), copied on the current stream
+   (``tmkt.reference``) and compare bit for bit. The mask ``t >= t*`` becomes a frame order over
+   the sample's ``[e_1..e_T, s]`` (``t-1`` where the mask is 1, ``T`` where it is 0,
+   ``frame_orders``).
+2. Gather (``_PairedFrames``): each recording's event counts as float32 followed by its paired
+   static, mapped through the ``v / 255 * static_scale`` table and copied to both polarities:
+   ``[T+1, 2, H, W]`` per sample. In host memory with numpy, or in GPU memory with torch when the data
+   is resident there (then only indices cross PCIe).
+3. DALI graph (``build_mix_graph``, one graph for CPU and GPU): crop with zero padding and mirror,
+   the same for all ``T+1`` frames of a sample, and mix with ``sequence_rearrange`` by the frame
+   order. That is ``out = s + (e - s) * mask`` for a 0/1 mask, done as a copy: exact, and one pass
+   over the batch. The cast and the static table belong to the gather, which touches every value
+   anyway: as separate DALI operators on the CPU they cost three more passes, and the loader ran at
+   half its speed.
+4. Outputs go to torch: shared through DLPack on the CPU (no copy), copied on the current stream
    through ``feed_ndarray`` on the GPU.
 
 DALI pitfalls handled here (DESIGN section 9): the last partial batch is fed as a smaller batch
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 
 from tmkt.data import MixData, StaticsByClass, static_lut
-from tmkt.mixing import mrp_targets, sample_cut, solve_p
+from tmkt.mixing import mag_targets, mrp_targets, sample_cut, solve_p
 
 MODES = ("mix", "event", "static", "pair")
 RESIDENT = ("auto", "on", "off")
@@ -142,90 +146,100 @@ def draw_batch(
     return Draws(static_index=static_index, cut=cut, offset=offset, flip=flip)
 
 
-def build_mix_graph(
-    events_bytes,
-    static_bytes,
-    host: dict,
-    mode: str,
-    shape: tuple[int, int, int],
-    lut: np.ndarray,
-    augment: AugmentConfig | None,
-    to_gpu: bool,
-) -> list:
-    """The DALI operators for one batch: returns ``[frames, mag]`` (+ the static sequence in "pair").
+def frame_orders(cut: np.ndarray, T: int, mode: str) -> np.ndarray:
+    """int32 ``[B, T]``: which input frame becomes each output step, the mask ``t >= t*`` as an order.
 
-    ``events_bytes`` / ``static_bytes``: uint8 rows (``None`` when the mode needs none), on the CPU or
-    already on the GPU; ``host``: the CPU nodes ``cut``, ``offset``, ``flip``; ``shape``: (T, H, W).
-    ``to_gpu``: move the frames to the GPU right after the source (only the small integer data
-    crosses PCIe, every float op runs on the device). Argument inputs (crop start, flip, frame order)
-    stay on the CPU, as DALI requires.
+    The graph's input per sample is ``[e_1..e_T, s]`` (modes mix and pair), ``[e_1..e_T]`` (event) or
+    ``[s]`` (static). Mix takes ``e_t`` (index ``t-1``) where ``t >= t*`` and ``s`` (index ``T``)
+    elsewhere; event takes every ``e_t``; static and the paired sequence of mode pair repeat ``s``.
     """
-    from nvidia.dali import fn, types
-
-    T, H, W = shape
-    steps = types.Constant(np.arange(1, T + 1, dtype=np.int32))
-    is_event = steps >= host["cut"]  # the mask, [T] per sample
-    mag = fn.cast(is_event, dtype=types.FLOAT)
-
-    def prepare(node, dtype, frame_shape, layout):
-        node = fn.reinterpret(node, dtype=dtype, shape=frame_shape, layout=layout)
-        if to_gpu:
-            node = node.gpu()
-        if augment_active(augment):
-            if augment.crop_padding > 0:
-                node = fn.slice(
-                    node, start=host["offset"], shape=[H, W], axis_names="HW", out_of_bounds_policy="pad"
-                )
-            if augment.hflip:
-                node = fn.flip(node, horizontal=host["flip"])
-        return node
-
-    events = static_frame = None
-    if events_bytes is not None:
-        events = fn.cast(prepare(events_bytes, types.UINT16, [T, 2, H, W], "FCHW"), dtype=types.FLOAT)
-    if static_bytes is not None:
-        static = prepare(static_bytes, types.UINT8, [1, H, W], "CHW")
-        static = fn.lookup_table(static, keys=list(range(256)), values=lut.tolist(), dtype=types.FLOAT)
-        # [1,H,W] -> [1,2,H,W]: the same image in both polarity channels, as one "frame"
-        static_frame = fn.expand_dims(fn.cat(static, static, axis=0), axes=[0], new_axis_names="F")
-
-    def static_sequence():
-        return fn.sequence_rearrange(static_frame, new_order=[0] * T)
-
+    steps = np.arange(1, T + 1, dtype=np.int32)
+    cut = np.asarray(cut, dtype=np.int32)[:, None]
     if mode == "mix":
-        # frame order over [e_1..e_T, s]: t-1 where t >= t*, else T (the static)
-        order = fn.cast(is_event, dtype=types.INT32) * (steps - (T + 1)) + T
-        frames = fn.sequence_rearrange(fn.cat(events, static_frame, axis=0), new_order=order)
-        return [frames, mag]
-    if mode == "event":
-        return [events, mag]
+        return np.where(steps >= cut, steps - 1, T).astype(np.int32)
     if mode == "static":
-        return [static_sequence(), mag]
-    return [events, mag, static_sequence()]
+        return np.zeros((len(cut), T), dtype=np.int32)
+    return np.tile(steps - 1, (len(cut), 1))
 
 
-class _FrameRows:
-    """The frames as rows of bytes, in host or GPU memory, gathered by index.
+def build_mix_graph(
+    frames, host: dict, mode: str, shape: tuple[int, int], augment: AugmentConfig | None, to_gpu: bool
+) -> list:
+    """The DALI operators for one batch: returns the output frames (+ the static sequence in "pair").
 
-    Bytes because every backend gathers uint8 rows (torch's uint16 support is partial); the graph
-    reinterprets them. The host and the resident GPU path differ only in where ``take`` runs.
+    ``frames``: float32 ``[F, 2, H, W]`` per sample (``F`` as in ``frame_orders``), on the CPU or
+    already on the GPU; ``host``: the CPU nodes ``order`` (from ``frame_orders``), ``offset`` and
+    ``flip``; ``shape``: ``(H, W)``. ``to_gpu``: move the frames to the GPU right after the source.
+    Argument inputs (crop start, flip, frame order) stay on the CPU, as DALI requires.
+
+    The crop and the flip act on all ``F`` frames of a sample at once, so an event sequence and its
+    static move together; then ``sequence_rearrange`` mixes: a copy of the chosen frames, exact, and
+    the one full pass over the batch that the graph makes.
+    """
+    from nvidia.dali import fn
+
+    H, W = shape
+    if to_gpu:
+        frames = frames.gpu()
+    if augment_active(augment):
+        if augment.crop_padding > 0:
+            frames = fn.slice(
+                frames, start=host["offset"], shape=[H, W], axis_names="HW", out_of_bounds_policy="pad"
+            )
+        if augment.hflip:
+            frames = fn.flip(frames, horizontal=host["flip"])
+    outputs = [fn.sequence_rearrange(frames, new_order=host["order"])]
+    if mode == "pair":
+        outputs.append(fn.sequence_rearrange(frames, new_order=host["static_order"]))
+    return outputs
+
+
+class _PairedFrames:
+    """Per batch, each recording's event frames followed by its paired static frame, as float32
+    ``[B, F, 2, H, W]``: the graph's input. The static goes through the ``static_lut`` table and into
+    both polarity channels here, during the gather, which touches every byte anyway.
+
+    On the host the gather is numpy (a row copy-and-cast per sample: cheaper than a gather then a
+    cast); with the data resident on the GPU it is torch, and only the indices cross PCIe.
     """
 
-    def __init__(self, data: MixData, on_gpu: bool, need_events: bool, need_statics: bool) -> None:
-        n, m = len(data.event_frames), len(data.static_frames)
-        self.events = data.event_frames.reshape(n, -1).view(np.uint8) if need_events else None
-        self.statics = data.static_frames.reshape(m, -1) if need_statics else None
+    def __init__(self, data: MixData, mode: str, on_gpu: bool) -> None:
+        self.time_steps = data.time_steps if mode != "static" else 0
+        self.with_static = mode != "event"
+        self.shape = (1 if mode == "static" else self.time_steps + self.with_static, 2, *data.frame_size)
+        self.events, self.statics, self.lut = (
+            data.event_frames,
+            data.static_frames,
+            static_lut(data.static_scale),
+        )
         self.on_gpu = on_gpu
         if on_gpu:
-            self.events = None if self.events is None else torch.from_numpy(self.events).cuda()
-            self.statics = None if self.statics is None else torch.from_numpy(self.statics).cuda()
+            # int16 rows: torch gathers them on the GPU (its uint16 support is partial); see _events_gpu
+            self.events = torch.from_numpy(self.events.view(np.int16)).cuda()
+            self.statics = torch.from_numpy(self.statics).cuda()
+            self.lut = torch.from_numpy(self.lut).cuda()
 
-    def take(self, rows, index: np.ndarray):
-        if rows is None:
-            return None
-        if not self.on_gpu:
-            return np.take(rows, index, axis=0)
-        out = rows.index_select(0, torch.from_numpy(index).to(rows.device))
+    def take(self, index: np.ndarray, static_index: np.ndarray):
+        return self._take_gpu(index, static_index) if self.on_gpu else self._take_host(index, static_index)
+
+    def _take_host(self, index: np.ndarray, static_index: np.ndarray) -> np.ndarray:
+        T = self.time_steps
+        out = np.empty((len(index), *self.shape), dtype=np.float32)
+        for row, i in enumerate(index.tolist() if T else []):
+            out[row, :T] = self.events[i]
+        if self.with_static:
+            out[:, -1] = self.lut[self.statics[static_index]][:, None]
+        return out
+
+    def _take_gpu(self, index: np.ndarray, static_index: np.ndarray) -> torch.Tensor:
+        T, device = self.time_steps, self.events.device
+        out = torch.empty((len(index), *self.shape), dtype=torch.float32, device=device)
+        if T:
+            rows = self.events.index_select(0, torch.from_numpy(index).to(device))
+            out[:, :T] = rows.int().bitwise_and_(0xFFFF)  # the int16 bits back to their uint16 counts
+        if self.with_static:
+            statics = self.statics.index_select(0, torch.from_numpy(static_index).to(device))
+            out[:, -1] = self.lut[statics.long()][:, None]
         torch.cuda.current_stream().synchronize()  # DALI reads it on its own stream
         return out
 
@@ -291,11 +305,11 @@ class MixLoader:
                 raise ValueError(
                     f"classes {missing.tolist()} have recordings but no static image to pair with"
                 )
-        self._rows = _FrameRows(data, self.resident, cfg.mode != "static", cfg.mode != "event")
-        self._lut = static_lut(data.static_scale)
+        self._frames = _PairedFrames(data, cfg.mode, on_gpu=self.resident)
         # host inputs of the graph; crop offsets and flips only when the graph uses them
         augment = cfg.augment if augment_active(cfg.augment) else None
-        self._host_parts = ["cut", "labels", "mrp", "index"]
+        self._host_parts = ["order", "mag", "labels", "mrp", "index"]
+        self._host_parts += ["static_order"] if cfg.mode == "pair" else []
         self._host_parts += ["offset"] if augment and augment.crop_padding > 0 else []
         self._host_parts += ["flip"] if augment and augment.hflip else []
         self._pipe = None
@@ -374,20 +388,19 @@ class MixLoader:
 
     def _produce(self, index: np.ndarray, rng: np.random.Generator) -> tuple[list, list]:
         draws = draw_batch(self.data, index, self._p, rng, self.cfg.augment, self.cfg.mode, self._statics)
+        T = self.data.time_steps
         parts = {
-            "cut": draws.cut.astype(np.int32),
+            "order": frame_orders(draws.cut, T, self.cfg.mode),
+            "static_order": np.full((len(index), T), T, dtype=np.int32),
+            "mag": mag_targets(draws.cut, T),
             "offset": draws.offset,
             "flip": draws.flip,
             "labels": self.data.event_labels[index],
-            "mrp": mrp_targets(draws.cut, self.data.time_steps),
+            "mrp": mrp_targets(draws.cut, T),
             "index": index.astype(np.int64),
         }
         host = [parts[name] for name in self._host_parts]
-        frames = [
-            self._rows.take(self._rows.events, index),
-            self._rows.take(self._rows.statics, draws.static_index),
-        ]
-        return host, [f for f in frames if f is not None]
+        return host, self._frames.take(index, draws.static_index)
 
     def _pipeline(self):
         """The DALI pipeline and the feed its sources read, built together (one feed per pipeline)."""
@@ -410,7 +423,6 @@ class MixLoader:
             exec_dynamic=True,
             seed=cfg.seed,
         )
-        n_frames = int(self._rows.events is not None) + int(self._rows.statics is not None)
         with pipe:
             host = dict(
                 zip(
@@ -424,35 +436,24 @@ class MixLoader:
                     strict=True,
                 )
             )
-            rows = fn.external_source(
+            frames = fn.external_source(
                 source=lambda: feed.take(1),
-                num_outputs=n_frames,
                 batch=True,
                 no_copy=True,
+                layout="FCHW",
                 device="gpu" if self.resident else "cpu",
             )
-            rows = list(rows) if isinstance(rows, (list, tuple)) else [rows]
-            events_bytes = rows.pop(0) if self._rows.events is not None else None
-            static_bytes = rows.pop(0) if self._rows.statics is not None else None
-            T, H, W = data.time_steps, *data.frame_size
             outs = build_mix_graph(
-                events_bytes,
-                static_bytes,
-                host,
-                cfg.mode,
-                (T, H, W),
-                self._lut,
-                cfg.augment,
-                to_gpu=on_gpu and not self.resident,
+                frames, host, cfg.mode, data.frame_size, cfg.augment, to_gpu=on_gpu and not self.resident
             )
-            pipe.set_outputs(*outs, host["labels"], host["mrp"], host["index"])
+            pipe.set_outputs(*outs, host["mag"], host["labels"], host["mrp"], host["index"])
         pipe.build()
         return pipe
 
     def _to_batch(self, outputs) -> MixedBatch:
         tensors = [_to_torch(out, self.device) for out in outputs]
         if self.cfg.mode == "pair":
-            frames, mag, static, labels, mrp, index = tensors
+            frames, static, mag, labels, mrp, index = tensors
         else:
             (frames, mag, labels, mrp, index), static = tensors, None
         return MixedBatch(frames=frames, labels=labels, mag=mag, mrp=mrp, static=static, index=index)

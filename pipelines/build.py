@@ -25,8 +25,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 
 from pipelines.binning import bin_events
@@ -39,7 +37,7 @@ from storage.reader import DatasetReader
 from storage.repo import StoreNotFound
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
 from storage.verify import events_digest, file_sha256
-from storage.writer import Transaction, shard_rows
+from storage.writer import Transaction
 
 log = logging.getLogger("tmkt.build")
 
@@ -241,13 +239,18 @@ def _statics_unchanged(
 @dataclass
 class BatchResult:
     rows: list[dict[str, Any]]  # manifest rows, in work order
-    events: np.ndarray  # the good recordings' events, concatenated
+    events: dict[str, np.ndarray]  # field -> the good recordings' values, concatenated
     counts: np.ndarray  # events per good recording
     sensors: np.ndarray  # [n_good, 2] (width, height)
     frames: dict[str, np.ndarray]  # key -> [n_good, T, 2, H, W]
 
     def meta(self) -> dict[str, Any]:
         return {"rows": self.rows, "counts": self.counts, "sensors": self.sensors}
+
+    def part(self, name: str) -> np.ndarray:
+        """The rows of one store array: "events/<field>" or "frames/<key>/events"."""
+        kind, _, rest = name.partition("/")
+        return self.events[rest] if kind == "events" else self.frames[rest.split("/")[0]]
 
 
 def hash_batch(plan: BuildPlan, indices: Sequence[int]) -> list[dict[str, Any]]:
@@ -256,10 +259,17 @@ def hash_batch(plan: BuildPlan, indices: Sequence[int]) -> list[dict[str, Any]]:
     return [_manifest_row(raw, plan.work[i]) for i in indices]
 
 
-def process_batch(plan: BuildPlan, indices: Sequence[int], hashed: list[dict[str, Any]]) -> BatchResult:
-    """Decode or reuse, and bin one batch of recordings. Bad files become quarantine rows."""
+def process_batch(
+    plan: BuildPlan, indices: Sequence[int], hashed: list[dict[str, Any]] | None = None
+) -> BatchResult:
+    """Decode or reuse, and bin one batch of recordings. Bad files become quarantine rows.
+
+    ``hashed``: the batch's rows from `hash_batch`; a first build passes none and hashes here, so
+    that each file is read in one task instead of in two rounds.
+    """
     source = plan.config.source_adapter()
     raw = Path(plan.config.raw)
+    hashed = hashed if hashed is not None else hash_batch(plan, indices)
     rows, events, sensors = [], [], []
     frames: dict[str, list[np.ndarray]] = {spec.key: [] for spec in plan.specs}
     work = [plan.work[i] for i in indices]
@@ -285,9 +295,13 @@ def process_batch(plan: BuildPlan, indices: Sequence[int], hashed: list[dict[str
         events.append(ev)
         sensors.append(sensor)
     spec_shape = {s.key: (s.time_bins, 2, *s.size) for s in plan.specs}
+    # field by field: concatenating structured arrays then splitting them costs five times more
     return BatchResult(
         rows=rows,
-        events=np.concatenate(events) if events else np.empty(0, EVENT_DTYPE),
+        events={
+            name: np.concatenate([e[name] for e in events]) if events else np.empty(0, EVENT_DTYPE[name])
+            for name in EVENT_DTYPE.names
+        },
         counts=np.array([len(e) for e in events], dtype=np.int64),
         sensors=np.array(sensors, dtype=np.int64).reshape(-1, 2),
         frames={k: np.stack(v) if v else np.zeros((0, *spec_shape[k]), np.uint16) for k, v in frames.items()},
@@ -434,18 +448,21 @@ def run_build(config: BuildConfig, client: Any = None, force: bool = False) -> B
 
 
 def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResult:
-    started = time.perf_counter()
     batches = plan.batches()
     plan_future = client.scatter(plan, broadcast=True)
-    hashed = client.gather([client.submit(hash_batch, plan_future, b, pure=False) for b in batches])
-    plan.timings["hash"] = time.perf_counter() - started
-    changes = _changes(plan, [row for rows in hashed for row in rows])
-    if not force and plan.previous_snapshot and plan.unchanged_params and not any(changes.values()):
-        log.info("nothing changed since snapshot %s; no commit", plan.previous_snapshot)
-        report = _previous_reader(plan.config.store, plan.previous_snapshot).report
-        report.update(committed=False, snapshot=plan.previous_snapshot, changes={k: 0 for k in changes})
-        report["timings"] = dict(plan.timings)
-        return BuildResult(plan.previous_snapshot, False, report)
+    hashed: list[Any] = [None] * len(batches)  # a first build hashes while it decodes
+    if plan.previous_snapshot is not None:
+        # a refresh hashes first: what is unchanged is reused, and nothing changed means no commit
+        started = time.perf_counter()
+        hashed = client.gather([client.submit(hash_batch, plan_future, b, pure=False) for b in batches])
+        plan.timings["hash"] = time.perf_counter() - started
+        changes = _changes(plan, [row for rows in hashed for row in rows])
+        if not force and plan.unchanged_params and not any(changes.values()):
+            log.info("nothing changed since snapshot %s; no commit", plan.previous_snapshot)
+            report = _previous_reader(plan.config.store, plan.previous_snapshot).report
+            report.update(committed=False, snapshot=plan.previous_snapshot, changes={k: 0 for k in changes})
+            report["timings"] = dict(plan.timings)
+            return BuildResult(plan.previous_snapshot, False, report)
 
     started = time.perf_counter()
     futures = [
@@ -455,6 +472,8 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
     metas = _gather_with_progress(client, [client.submit(BatchResult.meta, f) for f in futures], started)
     plan.timings["process"] = time.perf_counter() - started
     rows = [row for meta in metas for row in meta["rows"]]
+    if plan.previous_snapshot is None:
+        changes = _changes(plan, rows)
 
     quarantined = [r for r in rows if r["status"] != "ok"]
     bad_fraction = len(quarantined) / max(1, len(rows))
@@ -470,7 +489,7 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
     static = _gather_statics(plan, client)
     started = time.perf_counter()
     with Transaction(plan.config.store) as tx:
-        sensors = _write_recordings(tx, plan, futures, metas, rows)
+        sensors = _write_recordings(tx, plan, client, futures, metas, rows)
         _write_statics(tx, plan, static)
         report = _report(plan, rows, static["rows"], changes, bad_fraction)
         _write_provenance(tx, plan, rows + static["rows"], _common_sensor_size(sensors))
@@ -556,9 +575,18 @@ def _gather_statics(plan: BuildPlan, client: Any) -> dict[str, Any]:
 
 
 def _write_recordings(
-    tx: Transaction, plan: BuildPlan, futures: list[Any], metas: list[dict[str, Any]], rows: list[dict]
+    tx: Transaction,
+    plan: BuildPlan,
+    client: Any,
+    futures: list[Any],
+    metas: list[dict[str, Any]],
+    rows: list[dict],
 ) -> np.ndarray:
-    """Write every recording's arrays and frames; returns the ``[N, 2]`` sensor sizes."""
+    """Write every recording's arrays and frames; returns the ``[N, 2]`` sensor sizes.
+
+    The big arrays are written where the batches are: one Dask task per shard takes the batch
+    results that overlap it and writes the whole shard on its own fork of the session.
+    """
     counts = np.concatenate([m["counts"] for m in metas])
     sensors = np.concatenate([m["sensors"] for m in metas])
     good = [r for r in rows if r["status"] == "ok"]
@@ -569,40 +597,43 @@ def _write_recordings(
     tx.write_array("events/width", sensors[:, 0].astype(np.uint16))
     tx.write_array("events/height", sensors[:, 1].astype(np.uint16))
 
-    sources, targets = [], []
-    parts = [(f, m) for f, m in zip(futures, metas, strict=True) if len(m["counts"])]
+    event_rows = [int(m["counts"].sum()) for m in metas]
+    sample_rows = [len(m["counts"]) for m in metas]
+    writes = []
     for name in EVENT_DTYPE.names:
-        dtype = EVENT_DTYPE[name]
-        target = tx.create_array(f"events/{name}", (int(offsets[-1]),), dtype, kind="events")
-        pieces = [
-            da.from_delayed(dask.delayed(_event_field)(f, name), (int(m["counts"].sum()),), dtype)
-            for f, m in parts
-        ]
-        sources.append(da.concatenate(pieces).rechunk(shard_rows("events")))
-        targets.append(target)
+        target = tx.create_array(f"events/{name}", (int(offsets[-1]),), EVENT_DTYPE[name], kind="events")
+        writes += _shard_writes(client, target, f"events/{name}", futures, event_rows)
     for spec in plan.specs:
-        shape = (spec.time_bins, 2, *spec.size)
         group = tx.root.require_group(f"frames/{spec.key}")
         group.attrs.update(spec.to_attrs())
-        target = tx.create_array(f"frames/{spec.key}/events", (len(counts), *shape), np.uint16)
-        pieces = [
-            da.from_delayed(dask.delayed(_frames_of)(f, spec.key), (len(m["counts"]), *shape), np.uint16)
-            for f, m in parts
-        ]
-        sources.append(da.concatenate(pieces).rechunk((shard_rows("samples"), *shape)))
-        targets.append(target)
-    from icechunk.dask import store_dask  # storage stays free of Dask; the writing side lives here
-
-    tx.add_writer_forks([store_dask(sources=sources, targets=targets)])
+        name = f"frames/{spec.key}/events"
+        target = tx.create_array(name, (len(counts), spec.time_bins, 2, *spec.size), np.uint16)
+        writes += _shard_writes(client, target, name, futures, sample_rows)
+    tx.add_writer_forks(client.gather(writes))
     return sensors
 
 
-def _event_field(result: BatchResult, name: str) -> np.ndarray:
-    return np.ascontiguousarray(result.events[name])
+def _shard_writes(client: Any, target: Any, name: str, futures: list[Any], rows: list[int]) -> list[Any]:
+    """One task per shard of ``target``; batch ``i`` holds the next ``rows[i]`` rows of ``name``."""
+    starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    shard = target.shards[0]
+    tasks = []
+    for first in range(0, int(starts[-1]), shard):
+        last = min(first + shard, int(starts[-1]))
+        overlap = [i for i in range(len(rows)) if rows[i] and starts[i] < last and starts[i + 1] > first]
+        parts = [futures[i] for i in overlap]
+        at = int(starts[overlap[0]])
+        tasks.append(client.submit(_write_shard, target, name, first, last, at, *parts, pure=False))
+    return tasks
 
 
-def _frames_of(result: BatchResult, key: str) -> np.ndarray:
-    return result.frames[key]
+def _write_shard(target: Any, name: str, first: int, last: int, at: int, *parts: BatchResult) -> Any:
+    """Write rows ``[first, last)`` of ``target`` from batch results whose rows start at ``at``;
+    returns the fork of the session the write went to, for the commit to merge."""
+    pieces = [part.part(name) for part in parts]
+    data = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    target[first:last] = data[first - at : last - at]
+    return target.store.session
 
 
 def _write_statics(tx: Transaction, plan: BuildPlan, static: dict[str, Any]) -> None:

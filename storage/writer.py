@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec
 
 from storage.repo import BRANCH, commit_lock, open_repository
 
@@ -25,6 +26,9 @@ SAMPLE_CHUNK = 16
 SAMPLE_SHARD = 256
 EVENT_CHUNK = 1 << 18
 EVENT_SHARD = 1 << 22
+#: Codec of the big arrays (events, frames): LZ4 over byte-shuffled values compresses and
+#: decompresses several times faster than Zarr's default Zstandard, for about 20 % more bytes.
+BULK_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
 def shard_rows(kind: str) -> int:
@@ -71,7 +75,13 @@ class Transaction:
         shard = -(-rows // chunk) * chunk  # a whole number of chunks
         rest = shape[1:]
         return self.root.create_array(
-            name, shape=shape, dtype=dtype, chunks=(chunk, *rest), shards=(shard, *rest), fill_value=0
+            name,
+            shape=shape,
+            dtype=dtype,
+            chunks=(chunk, *rest),
+            shards=(shard, *rest),
+            fill_value=0,
+            compressors=BULK_CODEC,
         )
 
     def write_array(self, name: str, data: np.ndarray) -> zarr.Array:

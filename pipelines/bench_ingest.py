@@ -52,9 +52,9 @@ def decode_bin(files: list[Path], time_bins: int) -> tuple[int, float]:
 
 def timed_build(raw: Path, workers: int, time_bins: int, scratch: Path) -> tuple[int, float]:
     """(events, seconds) for a full build with ``workers`` Dask workers (cluster already up)."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from pipelines.build import BuildConfig, run_build
+    from pipelines.build import BuildConfig, local_cluster, run_build
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
@@ -65,12 +65,7 @@ def timed_build(raw: Path, workers: int, time_bins: int, scratch: Path) -> tuple
         time_bins=time_bins,
         workers=workers,
     )
-    with (
-        LocalCluster(
-            n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(workers) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("pipelines.build"))  # warm imports on workers, like a served flow
         started = time.perf_counter()
         result = run_build(config, client=client)

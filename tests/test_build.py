@@ -230,3 +230,25 @@ def test_killed_build_leaves_previous_snapshot_and_rerun_completes(tmp_path, cli
     assert reader.n_recordings == 300
     assert verify_store(store) == []
     assert all(len(s["id"]) > 0 for s in reader.history())
+
+
+@needs_real
+@pytest.mark.slow
+def test_ingest_bench_reports_every_number(tmp_path):
+    import tonic
+
+    from pipelines.bench_ingest import run
+
+    files = copy_subset(tmp_path / "raw", 2)
+    result = run(tmp_path / "raw", time_bins=10)
+    decoded = sum(len(tonic.io.read_mnist_file(str(f), dtype=tonic.datasets.NMNIST.dtype)) for f in files)
+    assert result["files"] == 20 and result["events"] == decoded
+    for baseline in ("tonic", "tonic_cached"):
+        assert result[f"{baseline}_events_per_s"] == pytest.approx(decoded / result[f"seconds_{baseline}"])
+    assert result["events_per_s"] == pytest.approx(decoded / result["seconds_1_worker"])
+    assert result["events_per_s_2_workers"] == pytest.approx(decoded / result["seconds_2_workers"])
+    assert result["speedup_vs_tonic"] == pytest.approx(result["events_per_s"] / result["tonic_events_per_s"])
+    assert result["speedup_vs_tonic_cached"] == pytest.approx(
+        result["events_per_s"] / result["tonic_cached_events_per_s"]
+    )
+    assert result["decode_bin_events_per_s"] > 0

@@ -89,6 +89,16 @@ def test_dali_equals_the_reference_exactly(mode, augment):
         assert 0 < mixed.mean() < 1, "a mixed epoch holds static and event frames"
 
 
+def test_counts_over_the_whole_uint16_range_arrive_exactly():
+    """Frames are gathered as int16 on the GPU: counts past 32767 must come back unsigned."""
+    data = make_data(n=20)
+    width = data.frame_size[1]
+    data.event_frames[:, :, :, 0, :] = np.linspace(0, 65535, width).astype(np.uint16)
+    got = torch.cat([b.frames for b in loader_for(data, mode="event", shuffle=False)])
+    assert torch.equal(got, torch.from_numpy(data.event_frames.astype(np.float32)))
+    assert got.max() == 65535
+
+
 def test_in_distribution_the_cut_law_and_event_fraction_hold():
     data = make_data(n=200, m=12, T=8, size=(4, 4))
     r_m, T = 0.3, data.time_steps

@@ -213,10 +213,10 @@ class _PairedFrames:
             static_lut(data.static_scale),
         )
         self.on_gpu = on_gpu
-        if on_gpu:
-            # int16 rows: torch gathers them on the GPU (its uint16 support is partial); see _events_gpu
-            self.events = torch.from_numpy(self.events.view(np.int16)).cuda()
-            self.statics = torch.from_numpy(self.statics).cuda()
+        if on_gpu:  # only what the mode reads is copied to the GPU
+            # int16 rows: torch's uint16 support is partial; _take_gpu reads the bits back unsigned
+            self.events = torch.from_numpy(self.events.view(np.int16)).cuda() if self.time_steps else None
+            self.statics = torch.from_numpy(self.statics).cuda() if self.with_static else None
             self.lut = torch.from_numpy(self.lut).cuda()
 
     def take(self, index: np.ndarray, static_index: np.ndarray):
@@ -232,7 +232,7 @@ class _PairedFrames:
         return out
 
     def _take_gpu(self, index: np.ndarray, static_index: np.ndarray) -> torch.Tensor:
-        T, device = self.time_steps, self.events.device
+        T, device = self.time_steps, self.lut.device
         out = torch.empty((len(index), *self.shape), dtype=torch.float32, device=device)
         if T:
             rows = self.events.index_select(0, torch.from_numpy(index).to(device))

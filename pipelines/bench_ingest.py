@@ -77,8 +77,9 @@ def decode_bin(files: list[Path], time_bins: int) -> tuple[int, float]:
     return events, time.perf_counter() - started
 
 
-def timed_build(raw: Path, workers: int, time_bins: int, scratch: Path) -> tuple[int, float]:
-    """(events, seconds) for a full build with ``workers`` Dask workers (cluster already up)."""
+def timed_build(raw: Path, workers: int, time_bins: int, scratch: Path) -> tuple[int, float, dict]:
+    """(events, seconds, seconds per stage) for a full build with ``workers`` Dask workers; the
+    cluster is started before the clock."""
     from distributed import Client
 
     from pipelines.build import BuildConfig, local_cluster, run_build
@@ -97,7 +98,7 @@ def timed_build(raw: Path, workers: int, time_bins: int, scratch: Path) -> tuple
         started = time.perf_counter()
         result = run_build(config, client=client)
         seconds = time.perf_counter() - started
-    return result.report["events"], seconds
+    return result.report["events"], seconds, result.report["timings"]
 
 
 def run(raw: Path, time_bins: int = 10, repeats: int = 1) -> dict[str, Any]:
@@ -130,6 +131,8 @@ def run(raw: Path, time_bins: int = 10, repeats: int = 1) -> dict[str, Any]:
         "time_bins": time_bins,
         "seconds_1_worker": one[1],
         "seconds_2_workers": two[1],
+        "stages_1_worker": one[2],
+        "stages_2_workers": two[2],
         "seconds_tonic": tonic_s,
         "events_per_s": one[0] / one[1],
         "events_per_s_2_workers": two[0] / two[1],

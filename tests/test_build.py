@@ -252,3 +252,7 @@ def test_ingest_bench_reports_every_number(tmp_path):
         result["events_per_s"] / result["tonic_cached_events_per_s"]
     )
     assert result["decode_bin_events_per_s"] > 0
+    for workers in ("1_worker", "2_workers"):
+        stages = result[f"stages_{workers}"]
+        assert {"plan", "process", "write", "total"} <= set(stages)
+        assert stages["plan"] + stages["process"] + stages["write"] <= stages["total"]

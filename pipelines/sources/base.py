@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
+
+from pipelines.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, split_rule_text
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,26 @@ class Listing:
     statics: list[StaticItem] = field(default_factory=list)
     #: static files that could not even be listed (unreadable container, unknown class folder)
     bad_statics: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class SplitParams:
+    """The split parameters every source takes, and the rule they make, recorded in the store.
+
+    A source whose download publishes its test split sets ``test_fraction`` to 0 (only items with no
+    published split are carved into test) and says what it publishes in ``published_split``.
+    """
+
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    split_seed: int = 0
+    published_split: ClassVar[str] = "no published split"
+
+    @property
+    def split_rule(self) -> str:
+        return f"{self.published_split}; " + split_rule_text(
+            self.val_fraction, self.test_fraction, self.split_seed
+        )
 
 
 class Source(Protocol):

@@ -34,9 +34,8 @@ from pipelines.formats.images import read_image
 from pipelines.formats.nmnist import read_nmnist, write_nmnist
 from pipelines.images import static_frames
 from pipelines.simulator import DvsSimulatorConfig, simulate
-from pipelines.sources.base import EventItem, Listing, StaticItem
+from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
 from pipelines.sources.folder import class_folder_events, class_folder_statics, require_dir
-from pipelines.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, split_rule_text
 
 BUILTIN_CLASSES = [str(digit) for digit in range(10)]
 MARKER = "builtin.json"
@@ -68,21 +67,13 @@ def split_halves(labels: np.ndarray, seed: int) -> dict[int, tuple[np.ndarray, n
 
 
 @dataclass
-class BuiltinSource:
+class BuiltinSource(SplitParams):
     recordings_per_class: int = 40
     seed: int = 0
     simulator: DvsSimulatorConfig = field(default_factory=DvsSimulatorConfig)
-    val_fraction: float = DEFAULT_VAL_FRACTION
-    split_seed: int = 0
     name: str = "builtin"
-    test_fraction: float = DEFAULT_TEST_FRACTION
-
-    @property
-    def split_rule(self) -> str:
-        # raw/Train mirrors the N-MNIST layout but fixes no split: no test set was published
-        return "no published split; " + split_rule_text(
-            self.val_fraction, self.test_fraction, self.split_seed
-        )
+    #: raw/Train mirrors the N-MNIST layout but fixes no split: no test set was published
+    published_split = "no published split"
 
     def generator_config(self) -> dict:
         return {

@@ -20,9 +20,8 @@ import numpy as np
 from pipelines.errors import BadInput
 from pipelines.formats import read_events
 from pipelines.formats.cifar import read_cifar_batch
-from pipelines.sources.base import EventItem, Listing, StaticItem
+from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
 from pipelines.sources.folder import class_folder_events, require_dir
-from pipelines.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, split_rule_text
 
 CIFAR10DVS_CLASSES = [
     "airplane",
@@ -83,17 +82,9 @@ def list_cifar_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, 
 
 
 @dataclass
-class CIFAR10DVSSource:
-    val_fraction: float = DEFAULT_VAL_FRACTION
-    test_fraction: float = DEFAULT_TEST_FRACTION
-    split_seed: int = 0
+class CIFAR10DVSSource(SplitParams):
     name: str = "cifar10dvs"
-
-    @property
-    def split_rule(self) -> str:
-        return "no published split (9:1 per class); " + split_rule_text(
-            self.val_fraction, self.test_fraction, self.split_seed
-        )
+    published_split = "no published split (9:1 per class)"
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)

@@ -22,9 +22,8 @@ import numpy as np
 
 from pipelines.errors import BadInput
 from pipelines.formats.aedat3 import read_aedat31, read_gesture_labels
-from pipelines.sources.base import EventItem, Listing, StaticItem
+from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
 from pipelines.sources.folder import relative, require_dir
-from pipelines.splits import DEFAULT_VAL_FRACTION, split_rule_text
 
 DVSGESTURE_CLASSES = [
     "hand_clapping",
@@ -93,17 +92,10 @@ def split_item_path(item_path: str) -> tuple[str, int]:
 
 
 @dataclass
-class DVSGestureSource:
-    val_fraction: float = DEFAULT_VAL_FRACTION
-    split_seed: int = 0
-    name: str = "dvsgesture"
+class DVSGestureSource(SplitParams):
     test_fraction: float = 0.0  # the download fixes the test split
-
-    @property
-    def split_rule(self) -> str:
-        return "published trials_to_train/test lists (users 1-23 / 24-29); " + split_rule_text(
-            self.val_fraction, 0.0, self.split_seed
-        )
+    name: str = "dvsgesture"
+    published_split = "published trials_to_train/test lists (users 1-23 / 24-29)"
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)

@@ -17,8 +17,7 @@ import numpy as np
 
 from pipelines.formats import EVENT_SUFFIXES, IMAGE_SUFFIXES, read_events
 from pipelines.formats.images import read_image
-from pipelines.sources.base import EventItem, Listing, StaticItem
-from pipelines.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, split_rule_text
+from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
 
 
 def _normalized(suffixes: Iterable[str]) -> tuple[str, ...]:
@@ -105,19 +104,10 @@ def class_folder_statics(
 
 
 @dataclass
-class FolderSource:
+class FolderSource(SplitParams):
     """Any event files sorted into class folders; no published split (val and test carved per class)."""
 
-    val_fraction: float = DEFAULT_VAL_FRACTION
-    test_fraction: float = DEFAULT_TEST_FRACTION
-    split_seed: int = 0
     name: str = "folder"
-
-    @property
-    def split_rule(self) -> str:
-        return "no published split; " + split_rule_text(
-            self.val_fraction, self.test_fraction, self.split_seed
-        )
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)

@@ -25,9 +25,8 @@ from pipelines.errors import BadInput
 from pipelines.formats import IMAGE_SUFFIXES
 from pipelines.formats.images import read_image
 from pipelines.formats.nmnist import read_nmnist
-from pipelines.sources.base import EventItem, Listing, StaticItem
+from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
 from pipelines.sources.folder import class_folder_events, class_folder_statics, require_dir
-from pipelines.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, split_rule_text
 
 # sorted() order (upper case first), the order of the download's folder listing
 NCALTECH101_CLASSES = sorted(
@@ -51,17 +50,9 @@ def _nested(root: Path, name: str) -> Path:
 
 
 @dataclass
-class NCaltech101Source:
-    val_fraction: float = DEFAULT_VAL_FRACTION
-    test_fraction: float = DEFAULT_TEST_FRACTION
-    split_seed: int = 0
+class NCaltech101Source(SplitParams):
     name: str = "ncaltech101"
-
-    @property
-    def split_rule(self) -> str:
-        return "no published split (9:1 per class); " + split_rule_text(
-            self.val_fraction, self.test_fraction, self.split_seed
-        )
+    published_split = "no published split (9:1 per class)"
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)

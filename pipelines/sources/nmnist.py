@@ -22,9 +22,8 @@ import numpy as np
 from pipelines.errors import BadInput
 from pipelines.formats.idx import read_idx
 from pipelines.formats.nmnist import read_nmnist
-from pipelines.sources.base import EventItem, Listing, StaticItem
+from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
 from pipelines.sources.folder import class_folder_events, require_dir
-from pipelines.splits import DEFAULT_VAL_FRACTION, split_rule_text
 
 NMNIST_CLASSES = [str(digit) for digit in range(10)]
 NMNIST_SENSOR_SIZE = (34, 34)
@@ -101,15 +100,10 @@ def list_mnist_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, 
 
 
 @dataclass
-class NMNISTSource:
-    val_fraction: float = DEFAULT_VAL_FRACTION
-    split_seed: int = 0
-    name: str = "nmnist"
+class NMNISTSource(SplitParams):
     test_fraction: float = 0.0  # the download fixes the test split
-
-    @property
-    def split_rule(self) -> str:
-        return "published Train/Test folders; " + split_rule_text(self.val_fraction, 0.0, self.split_seed)
+    name: str = "nmnist"
+    published_split = "published Train/Test folders"
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)

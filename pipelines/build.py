@@ -38,7 +38,7 @@ from storage.reader import DatasetReader
 from storage.repo import StoreNotFound
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
 from storage.verify import events_digest, file_sha256
-from storage.writer import Transaction
+from storage.writer import ShardWrite, Transaction, write_rows
 
 log = logging.getLogger("tmkt.build")
 
@@ -610,7 +610,7 @@ def _write_recordings(
         name = f"frames/{spec.key}/events"
         target = tx.create_array(name, (len(counts), spec.time_bins, 2, *spec.size), np.uint16)
         writes += _shard_writes(client, target, name, futures, sample_rows)
-    tx.add_writer_forks(client.gather(writes))
+    tx.add_writes(client.gather(writes))
     return sensors
 
 
@@ -628,13 +628,11 @@ def _shard_writes(client: Any, target: Any, name: str, futures: list[Any], rows:
     return tasks
 
 
-def _write_shard(target: Any, name: str, first: int, last: int, at: int, *parts: BatchResult) -> Any:
-    """Write rows ``[first, last)`` of ``target`` from batch results whose rows start at ``at``;
-    returns the fork of the session the write went to, for the commit to merge."""
+def _write_shard(target: Any, name: str, first: int, last: int, at: int, *parts: BatchResult) -> ShardWrite:
+    """Write rows ``[first, last)`` of ``target`` from batch results whose rows start at ``at``."""
     pieces = [part.part(name) for part in parts]
     data = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-    target[first:last] = data[first - at : last - at]
-    return target.store.session
+    return write_rows(target, first, data[first - at : last - at])
 
 
 def _write_statics(tx: Transaction, plan: BuildPlan, static: dict[str, Any]) -> None:

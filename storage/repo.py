@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,21 +57,57 @@ def open_repository(path: str | Path, create: bool = False) -> icechunk.Reposito
         raise StoreNotFound(f"{path} is not a TMKT store: {err}") from err
 
 
-@contextlib.contextmanager
-def commit_lock(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock beside a local store for the whole of a build.
+class StoreConflict(RuntimeError):
+    """Another writer committed to the store after this build planned on its previous snapshot."""
 
-    Icechunk on a local filesystem does not make concurrent commits safe, so a scheduled refresh and
-    a manual build queue here instead of racing. Object stores detect conflicting commits themselves.
+
+#: Per store: (a thread lock, the open lock file, how deep the owning thread holds it).
+_LOCKS: dict[str, list] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | Path) -> Iterator[None]:
+    """Hold the one-writer lock of a local store; re-entrant within a thread.
+
+    A build holds it from its plan to its commit: two builds that planned on the same snapshot would
+    otherwise both commit, the later one silently dropping the earlier one's arrays (every build
+    writes the whole dataset). The second build waits here and then plans on the first one's snapshot.
+    Icechunk on a local filesystem does not make concurrent commits safe, so the lock is a file beside
+    the store (``fcntl.flock``, released by the kernel when a killed process's file closes). Object
+    stores take no lock: there `Transaction` checks the branch did not move since the plan and
+    Icechunk refuses a commit whose parent moved.
     """
     if is_url(path):
         yield
         return
-    lock_path = Path(str(Path(path).resolve()) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    key = str(Path(path).resolve())
+    with _LOCKS_GUARD:
+        entry = _LOCKS.setdefault(key, [threading.RLock(), None, 0])
+    entry[0].acquire()
+    try:
+        if entry[2] == 0:
+            lock_path = Path(key + ".lock")
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock_path, "w")  # noqa: SIM115 - held across the yield, closed below
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            entry[1] = handle
+        entry[2] += 1
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            entry[2] -= 1
+            if entry[2] == 0:
+                fcntl.flock(entry[1], fcntl.LOCK_UN)
+                entry[1].close()
+                entry[1] = None
+    finally:
+        entry[0].release()
+
+
+def branch_tip(path: str | Path) -> str | None:
+    """The snapshot the store's branch points at, or None when there is no store yet."""
+    try:
+        return open_repository(path).lookup_branch(BRANCH)
+    except StoreNotFound:
+        return None

@@ -10,15 +10,18 @@ previous snapshot as it was.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import icechunk
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from storage.repo import BRANCH, commit_lock, open_repository
+from storage.digests import DIGESTS_ATTR, array_record, digest_parts, hash_array, part_count, part_rows
+from storage.repo import BRANCH, StoreConflict, open_repository, writer_lock
 
 #: Inner chunk and shard sizes along the first axis. Frames: 16 samples a chunk keeps bulk reads
 #: fast, 256 a shard keeps file counts low. Flat event arrays: 256 k events a chunk.
@@ -36,28 +39,57 @@ def shard_rows(kind: str) -> int:
     return EVENT_SHARD if kind == "events" else SAMPLE_SHARD
 
 
+#: `Transaction(expected_parent=ANY_PARENT)` skips the check that the branch has not moved.
+ANY_PARENT = "any"
+
+
+@dataclass
+class ShardWrite:
+    """What a parallel writer hands back to the transaction: its fork and the digests it wrote."""
+
+    fork: Any
+    name: str
+    parts: dict[int, str]
+
+
+def write_rows(target: zarr.Array, first: int, values: np.ndarray) -> ShardWrite:
+    """Write ``values`` into ``target`` from row ``first`` (whole shards) on a parallel writer.
+
+    The values are hashed as they are written, so the build's digests cost no second read.
+    """
+    values = np.asarray(values, dtype=target.dtype)
+    target[first : first + len(values)] = values
+    return ShardWrite(target.store.session, target.path, digest_parts(values, part_rows(target), first))
+
+
 class Transaction:
     """Write a complete new version of the dataset and commit it once.
 
-    Use as a context manager; it holds the store's commit lock throughout, and an exception leaves
-    the branch untouched.
+    Use as a context manager; it holds the store's writer lock throughout (re-entrant, so a build that
+    holds it from its plan on passes through), and an exception leaves the branch untouched.
+
+    ``expected_parent``: the branch tip the caller planned on (None: the store held no dataset).
+    When the branch has moved since, `StoreConflict` is raised before anything is written, and
+    Icechunk refuses the commit if it moves while this transaction writes: the caller plans again.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, expected_parent: str | None = ANY_PARENT) -> None:
         self.path = path
-        self._lock = commit_lock(path)
+        self._lock = writer_lock(path)
         self._lock.__enter__()
         try:
             self.repo = open_repository(path, create=True)
             self.session = self.repo.writable_session(BRANCH)
             self.parent_snapshot = self.session.snapshot_id
+            _check_parent(self.repo, self.parent_snapshot, expected_parent, path)
             self.fork = self.session.fork()
             # mode "w" starts from an empty hierarchy: every build writes the whole dataset.
             self.root = zarr.open_group(self.fork.store, mode="w")
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
-        self._writer_forks: list[Any] = []
+        self._writes: list[ShardWrite] = []
+        self._parts: dict[str, dict[int, str]] = {}
         self.started = time.time()
 
     def __enter__(self) -> Transaction:
@@ -67,7 +99,7 @@ class Transaction:
         self._lock.__exit__(None, None, None)
 
     def create_array(self, name: str, shape: Sequence[int], dtype: Any, kind: str = "samples") -> zarr.Array:
-        """An empty array whose shards parallel writers fill; see `shard_rows`."""
+        """An empty array whose shards parallel writers fill with `write_rows`; see `shard_rows`."""
         shape = tuple(int(s) for s in shape)
         inner = EVENT_CHUNK if kind == "events" else SAMPLE_CHUNK
         rows = max(1, min(shard_rows(kind), shape[0]))
@@ -88,14 +120,51 @@ class Transaction:
         """A small array written at once by the coordinator (labels, offsets, ...)."""
         data = np.asarray(data)
         rows = max(1, data.shape[0] if data.ndim else 1)
-        return self.root.create_array(name, data=data, chunks=(rows, *data.shape[1:]))
+        array = self.root.create_array(name, data=data, chunks=(rows, *data.shape[1:]))
+        self._parts[array.path] = digest_parts(data, part_rows(array))
+        return array
 
-    def add_writer_forks(self, forks: Sequence[Any]) -> None:
-        """Register the forks returned by parallel writers, to be merged at commit."""
-        self._writer_forks.extend(forks)
+    def add_writes(self, writes: Sequence[ShardWrite]) -> None:
+        """Register what parallel writers wrote (`write_rows`), to be merged at commit."""
+        self._writes.extend(writes)
+        for write in writes:
+            self._parts.setdefault(write.name, {}).update(write.parts)
 
     def commit(self, message: str, metadata: dict[str, Any] | None = None) -> str:
-        if self._writer_forks:
-            self.session.merge(*self._writer_forks)
+        """Merge the writers' forks, record every array's digests, and commit once."""
+        if self._writes:
+            self.session.merge(*[w.fork for w in self._writes])
         self.session.merge(self.fork)
-        return self.session.commit(message, metadata=metadata or {})
+        root = zarr.open_group(self.session.store, mode="r+")
+        root.attrs[DIGESTS_ATTR] = self._records(root)
+        try:
+            return self.session.commit(message, metadata=metadata or {})
+        except icechunk.ConflictError as err:
+            raise StoreConflict(f"{self.path}: another build committed while this one wrote ({err})") from err
+
+    def _records(self, root: zarr.Group) -> dict[str, Any]:
+        """Digest records of every array; arrays written outside `write_rows` are hashed here."""
+        records = {}
+        for array in _arrays(root):
+            parts = dict(self._parts.get(array.path, {}))
+            if len(parts) < part_count(array):
+                parts = hash_array(array)
+            records[array.path] = array_record(array, parts)
+        return records
+
+
+def _arrays(group: zarr.Group) -> Iterator[zarr.Array]:
+    for _, member in group.members(max_depth=None):
+        if isinstance(member, zarr.Array):
+            yield member
+
+
+def _check_parent(repo: Any, tip: str, expected: str | None, path: str | Path) -> None:
+    if expected == ANY_PARENT:
+        return
+    if expected is None:
+        moved = sum(1 for _ in repo.ancestry(snapshot_id=tip)) > 1  # more than the initial snapshot
+    else:
+        moved = tip != expected
+    if moved:
+        raise StoreConflict(f"{path}: another build committed snapshot {tip} after this one planned")

@@ -1,0 +1,141 @@
+"""`store verify` against corruption of every array: bytes on disk, lost chunks, tampered commits.
+
+Each case starts from a copy of one real build (builtin source through the Dask pipeline), damages
+one thing, and expects a FAULT line naming the array, never a traceback and never "OK".
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipelines.build import BuildConfig, run_build
+from storage.reader import DatasetReader
+from storage.repo import BRANCH, open_repository
+from storage.verify import verify_store
+from tests.conftest import ROOT, tmkt_command
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("verify")
+    config = BuildConfig(
+        source="builtin",
+        raw=str(root / "raw"),
+        store=str(root / "store"),
+        workers=1,
+        source_options={"recordings_per_class": 4},
+    )
+    assert run_build(config).committed
+    assert verify_store(config.store) == []
+    return Path(config.store)
+
+
+@pytest.fixture
+def store(built: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "store"
+    shutil.copytree(built, copy)
+    assert verify_store(copy) == []
+    return copy
+
+
+def rewrite(store: Path, name: str, change: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Commit new values for one array and nothing else (its build-time digests stay as they were)."""
+    session = open_repository(store).writable_session(BRANCH)
+    array = zarr.open_group(session.store, mode="r+")[name]
+    array[...] = change(array[...])
+    session.commit(f"tamper {name}")
+
+
+def chunk_files(store: Path, name: str) -> list[Path]:
+    """The chunk files of one array: those a same-values rewrite of it creates."""
+    before = set((store / "chunks").iterdir())
+    rewrite(store, name, lambda values: values)
+    files = sorted(set((store / "chunks").iterdir()) - before)
+    assert files, f"{name} has no chunk file of its own (inlined in the manifest?)"
+    return files
+
+
+def frames_key(store: Path) -> str:
+    return DatasetReader(store).default_frame_key()
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def faults_naming(store: Path, name: str) -> list[str]:
+    faults = verify_store(store)
+    assert faults, "verify passed a corrupted store"
+    named = [f for f in faults if name in f]
+    assert named, f"no fault names {name}: {faults}"
+    return named
+
+
+def test_flipped_static_image_bytes_fail_verify(store: Path) -> None:
+    for path in chunk_files(store, "images/data"):
+        flip_byte(path)
+    faults_naming(store, "images/data")
+
+
+def test_flipped_static_frame_bytes_fail_verify(store: Path) -> None:
+    name = f"frames/{frames_key(store)}/static"
+    for path in chunk_files(store, name):
+        flip_byte(path)
+    faults_naming(store, name)
+
+
+def test_deleted_image_chunk_fails_verify(store: Path) -> None:
+    for path in chunk_files(store, "images/data"):
+        path.unlink()
+    faults_naming(store, "images/data")
+
+
+def test_swapped_image_labels_fail_verify(store: Path) -> None:
+    def swap(labels: np.ndarray) -> np.ndarray:
+        out = labels.copy()
+        out[labels == 3], out[labels == 5] = 5, 3
+        return out
+
+    assert {3, 5} <= set(DatasetReader(store).image_labels.tolist())
+    rewrite(store, "images/label", swap)
+    faults_naming(store, "images/label")
+
+
+def test_changed_event_labels_fail_verify(store: Path) -> None:
+    rewrite(store, "events/label", lambda labels: (labels + 1) % 10)
+    faults_naming(store, "events/label")
+
+
+def test_truncated_frame_shard_is_a_fault_not_a_traceback(store: Path) -> None:
+    name = f"frames/{frames_key(store)}/events"
+    for path in chunk_files(store, name):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    faults_naming(store, name)
+
+
+def test_corrupt_manifest_is_a_fault_not_a_traceback(store: Path) -> None:
+    session = open_repository(store).writable_session(BRANCH)
+    zarr.open_group(session.store, mode="r+")["manifest"].attrs["rows"] = [{"nonsense": 1}, 7]
+    session.commit("tamper manifest")
+    faults_naming(store, "manifest")
+
+
+def test_cli_verify_prints_fault_lines_and_exits_1(store: Path) -> None:
+    rewrite(store, "images/label", lambda labels: labels[::-1].copy())
+    result = subprocess.run(
+        tmkt_command("store", "verify", str(store)), cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("FAULT images/label:") for line in lines), lines
+    assert lines[-1].endswith("fault(s)")

@@ -372,8 +372,9 @@ def _manifest_row(raw: Path, w: Work) -> dict[str, Any]:
         "split": w.split,
         "status": "ok",
         "reason": "",
+        "file": item.raw_file,
     }
-    file = raw / item.path.split("#", 1)[0]
+    file = raw / item.raw_file
     try:
         row["size"] = file.stat().st_size
         row["sha256"] = file_sha256(file)

@@ -141,7 +141,7 @@ def _check_manifest(reader: DatasetReader, raw: str | Path | None) -> list[str]:
     for row in reader.manifest:
         if row.get("kind", "events") != "events":
             continue
-        file = root / row["path"].split("#", 1)[0]
+        file = root / row.get("file", row["path"])
         if not file.exists():
             faults.append(f"{file}: raw input listed in the manifest is missing")
         elif file_sha256(file) != row["sha256"]:

@@ -139,3 +139,29 @@ def test_cli_verify_prints_fault_lines_and_exits_1(store: Path) -> None:
     lines = result.stdout.splitlines()
     assert any(line.startswith("FAULT images/label:") for line in lines), lines
     assert lines[-1].endswith("fault(s)")
+
+
+def test_a_hash_sign_in_a_file_name_is_part_of_the_name(tmp_path: Path, real_data_dir: Path) -> None:
+    """``Train/7/a#b.bin`` is hashed, refreshed and verified as itself, not as ``Train/7/a``."""
+    from storage.verify import file_sha256
+
+    raw = tmp_path / "raw"
+    files = sorted((real_data_dir / "nmnist" / "Train" / "7").glob("*.bin"))[:3]
+    (raw / "Train" / "7").mkdir(parents=True)
+    (raw / "Train" / "1").mkdir(parents=True)
+    shutil.copy(files[0], raw / "Train" / "7" / "a#b.bin")
+    shutil.copy(files[1], raw / "Train" / "7" / "a")  # what the name would be cut to
+    for f in sorted((real_data_dir / "nmnist" / "Train" / "1").glob("*.bin"))[:2]:
+        shutil.copy(f, raw / "Train" / "1" / f.name)
+    config = BuildConfig(source="nmnist", raw=str(raw), store=str(tmp_path / "s"), workers=1)
+    run_build(config)
+    row = next(r for r in DatasetReader(config.store).manifest if r["path"] == "Train/7/a#b.bin")
+    assert row["status"] == "ok" and row["sha256"] == file_sha256(raw / "Train" / "7" / "a#b.bin")
+
+    shutil.copy(files[2], raw / "Train" / "7" / "a#b.bin")  # an edit of that recording
+    result = run_build(config)
+    assert result.committed and result.report["changes"]["changed"] == 1
+    reader = DatasetReader(config.store)
+    index = reader.sources.index("Train/7/a#b.bin")
+    assert reader.events(index)["t"].size == (files[2].stat().st_size // 5)
+    assert verify_store(config.store, raw=raw) == []

@@ -19,6 +19,14 @@ class EventItem:
     label: int  # index into the source's class list; -1 when the class folder is unknown
     split: str | None = None  # "train"/"test" when the download fixes it, else None
     reason: str = ""  # non-empty: known bad before decoding (for example an unknown class folder)
+    #: the raw file holding it, when the item is one part of a file (a DVS Gesture trial's segment);
+    #: empty when the item is the whole file at ``path``. A separate field, never parsed out of
+    #: ``path``, because any character (``#`` included) may appear in a file name.
+    file: str = ""
+
+    @property
+    def raw_file(self) -> str:
+        return self.file or self.path
 
 
 @dataclass(frozen=True)

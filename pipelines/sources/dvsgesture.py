@@ -115,7 +115,10 @@ class DVSGestureSource(SplitParams):
             except BadInput as err:
                 events.append(EventItem(rel, -1, split, f"{csv.name}: {err.reason}"))
                 continue
-            events += [EventItem(f"{rel}#{i}", label - 1, split) for i, (label, _, _) in enumerate(segments)]
+            events += [
+                EventItem(f"{rel}#{i}", label - 1, split, file=rel)
+                for i, (label, _, _) in enumerate(segments)
+            ]
         # event-only dataset: a static folder, if given, is not used
         return Listing(classes=list(DVSGESTURE_CLASSES), events=events)
 

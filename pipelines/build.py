@@ -205,7 +205,7 @@ def plan_build(config: BuildConfig) -> BuildPlan:
         bad_statics=listing.bad_statics,
         specs=specs,
         previous_snapshot=previous.snapshot_id if previous else None,
-        reuse_statics=previous is not None and _statics_unchanged(previous, listing, static, specs),
+        reuse_statics=previous is not None and _statics_unchanged(previous, listing, raw, static, specs),
         unchanged_params=unchanged_params,
         removed=removed,
     )
@@ -221,17 +221,28 @@ def _open_previous(store: str) -> DatasetReader | None:
 
 
 def _statics_unchanged(
-    previous: DatasetReader, listing: Listing, static: Path | None, specs: list[FrameSpec]
+    previous: DatasetReader, listing: Listing, raw: Path, static: Path | None, specs: list[FrameSpec]
 ) -> bool:
-    """True when the static files hash as before and every wanted representation exists."""
-    if static is None and listing.statics:
-        return False
+    """True when the static files hash as before and every wanted representation exists.
+
+    Paths are relative to the static folder, or to the raw folder when a source keeps its statics
+    there (the built-in one), as `load_statics` reads them.
+    """
     old = {row["path"]: row["sha256"] for row in previous.manifest if row.get("kind") == "static"}
-    files = sorted({item.path for item in listing.statics})
+    # files quarantined at listing count too: unchanged, they stay quarantined and change nothing
+    files = sorted({item.path for item in listing.statics} | {path for path, _ in listing.bad_statics})
     if sorted(old) != files or not set(s.key for s in specs) <= set(previous.frame_keys()):
         return False
-    root = static if static is not None else Path()
-    return all(file_sha256(root / path) == old[path] for path in files)
+    root = static if static is not None else raw
+    return all(_sha256_or_empty(root / path) == old[path] for path in files)
+
+
+def _sha256_or_empty(path: Path) -> str:
+    """The content hash recorded for a static file; "" for one that cannot be read."""
+    try:
+        return file_sha256(path)
+    except OSError:
+        return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,8 +579,10 @@ def _gather_statics(plan: BuildPlan, client: Any) -> dict[str, Any]:
         result = {
             key: [v for part in parts for v in part[key]] for key in ("images", "labels", "splits", "rows")
         }
+        root = Path(plan.config.static) if plan.config.static else Path(plan.config.raw)
         result["rows"] += [
-            {"path": p, "kind": "static", "status": "quarantined", "reason": r, "size": 0, "sha256": ""}
+            {"path": p, "kind": "static", "status": "quarantined", "reason": r, "size": 0}
+            | {"sha256": _sha256_or_empty(root / p)}
             for p, r in plan.bad_statics
         ]
     plan.timings["statics"] = time.perf_counter() - started

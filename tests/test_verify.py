@@ -165,3 +165,25 @@ def test_a_hash_sign_in_a_file_name_is_part_of_the_name(tmp_path: Path, real_dat
     index = reader.sources.index("Train/7/a#b.bin")
     assert reader.events(index)["t"].size == (files[2].stat().st_size // 5)
     assert verify_store(config.store, raw=raw) == []
+
+
+def test_a_quarantined_static_does_not_make_every_refresh_commit(tmp_path: Path) -> None:
+    """An hourly refresh of an unchanged folder commits nothing, bad static files included."""
+    config = BuildConfig(
+        source="builtin",
+        raw=str(tmp_path / "raw"),
+        store=str(tmp_path / "s"),
+        workers=1,
+        source_options={"recordings_per_class": 2},
+    )
+    run_build(config)
+    static = tmp_path / "raw" / "static"
+    (static / "no-such-class").mkdir()
+    (static / "no-such-class" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    first = run_build(config)
+    assert first.committed
+    assert any(q["path"].endswith("no-such-class/x.png") for q in first.report["quarantined"])
+    again = run_build(config)
+    assert not again.committed and again.snapshot == first.snapshot
+    (static / "no-such-class" / "x.png").write_bytes(b"changed")  # a change of the bad file is one
+    assert run_build(config).committed

@@ -34,7 +34,15 @@ class UserError(Exception):
     """A mistake the user can fix; printed as one line, exit code 2."""
 
 
+#: Commands whose services are meant to outlive them (`tmkt server start` leaves a server running).
+OUTLIVING = ("server",)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] and sys.argv[1] not in OUTLIVING:
+        from flows.lifeline import hold
+
+        hold()  # from the command line: whatever this command starts ends with it, even on SIGKILL
     argv = list(sys.argv[1:] if argv is None else argv)
     # Without PREFECT_API_URL, flows run on Prefect's temporary in-process server, whose first start
     # (database migrations) can outlast Prefect's 20 s default on a small, busy machine.

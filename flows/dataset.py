@@ -32,6 +32,7 @@ from pipelines.build import (
     _dask_client,
     execute_plan,
     plan_build,
+    run_as_writer,
 )
 from storage.reader import DatasetReader
 
@@ -209,8 +210,7 @@ def _run(config: BuildConfig, kind: str, force: bool) -> dict[str, Any]:
     logger = get_run_logger()
     started = time.perf_counter()
     with forward_library_logs():
-        plan = plan_task(config)
-        result = execute_task(plan, force=force)
+        result = run_as_writer(config, plan_task, lambda plan: execute_task(plan, force=force))
     result.report.setdefault("timings", {})["total"] = time.perf_counter() - started
     out = {"snapshot": result.snapshot, "committed": result.committed, "report": _plain(result.report)}
     if result.committed:

@@ -16,10 +16,11 @@ When nothing changed (same files, same parameters, same frame keys) no commit is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -35,7 +36,7 @@ from pipelines.sources import get_source
 from pipelines.sources.base import EventItem, Listing, StaticItem
 from pipelines.splits import DEFAULT_VAL_FRACTION, assign_splits
 from storage.reader import DatasetReader
-from storage.repo import StoreNotFound
+from storage.repo import StoreConflict, StoreNotFound, writer_lock
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
 from storage.verify import events_digest, file_sha256
 from storage.writer import ShardWrite, Transaction, write_rows
@@ -56,6 +57,10 @@ DEFAULT_SIZES = {
 DEFAULT_STATIC_FITS = {"nmnist": "pad", "builtin": "pad"}
 #: Static images of uneven sizes (Caltech101) are stored resized to this size.
 STATIC_STORE_SIZE = (128, 128)
+
+
+#: Plans a build makes at most when other writers keep committing to an object store first.
+CONFLICT_ATTEMPTS = 3
 
 
 class BuildError(RuntimeError):
@@ -453,11 +458,41 @@ def load_statics(plan: BuildPlan, paths: Sequence[str]) -> dict[str, Any]:
 def run_build(config: BuildConfig, client: Any = None, force: bool = False) -> BuildResult:
     """Plan, process on Dask, and commit; the one entry point of the CLI and the flows."""
     started = time.perf_counter()
-    plan = plan_build(config)
-    with _dask_client(config, client) as dask_client:
-        result = execute_plan(plan, dask_client, force=force)
+    with contextlib.ExitStack() as stack:
+
+        def execute(plan: BuildPlan) -> BuildResult:
+            nonlocal client
+            if client is None:  # started after the first plan, so a bad config fails before it
+                client = stack.enter_context(_dask_client(config, None))
+            return execute_plan(plan, client, force=force)
+
+        result = run_as_writer(config, plan_build, execute)
     result.report["timings"]["total"] = time.perf_counter() - started
     return result
+
+
+def run_as_writer(
+    config: BuildConfig,
+    plan: Callable[[BuildConfig], BuildPlan],
+    execute: Callable[[BuildPlan], BuildResult],
+) -> BuildResult:
+    """Plan and execute as the store's one writer: a second build of the same store never plans on
+    a snapshot that the first replaces.
+
+    On a local store the writer lock, held from plan to commit, queues the second build behind the
+    first, and it plans on the first one's snapshot. On an object store (no lock) the commit fails
+    with `StoreConflict` when the branch moved since the plan; the build then plans again on the new
+    snapshot, up to `CONFLICT_ATTEMPTS` times, and otherwise fails with one line, committing nothing.
+    """
+    with writer_lock(config.store):
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return execute(plan(config))
+            except StoreConflict as err:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise BuildError(f"{err}; gave up after {attempt} plans, nothing was committed") from err
+                log.warning("%s; planning again on the new snapshot", err)
+    raise AssertionError("unreachable")
 
 
 def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResult:
@@ -501,7 +536,7 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
 
     static = _gather_statics(plan, client)
     started = time.perf_counter()
-    with Transaction(plan.config.store) as tx:
+    with Transaction(plan.config.store, expected_parent=plan.previous_snapshot) as tx:
         sensors = _write_recordings(tx, plan, client, futures, metas, rows)
         _write_statics(tx, plan, static)
         report = _report(plan, rows, static["rows"], changes, bad_fraction)

@@ -61,48 +61,51 @@ class StoreConflict(RuntimeError):
     """Another writer committed to the store after this build planned on its previous snapshot."""
 
 
-#: Per store: (a thread lock, the open lock file, how deep the owning thread holds it).
-_LOCKS: dict[str, list] = {}
-_LOCKS_GUARD = threading.Lock()
+#: Per store held by this process: [the open lock file, how many holders].
+_HELD: dict[str, list] = {}
+_HELD_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
 def writer_lock(path: str | Path) -> Iterator[None]:
-    """Hold the one-writer lock of a local store; re-entrant within a thread.
+    """Hold the one-writer lock of a local store; re-entrant within this process.
 
     A build holds it from its plan to its commit: two builds that planned on the same snapshot would
     otherwise both commit, the later one silently dropping the earlier one's arrays (every build
     writes the whole dataset). The second build waits here and then plans on the first one's snapshot.
     Icechunk on a local filesystem does not make concurrent commits safe, so the lock is a file beside
-    the store (``fcntl.flock``, released by the kernel when a killed process's file closes). Object
-    stores take no lock: there `Transaction` checks the branch did not move since the plan and
-    Icechunk refuses a commit whose parent moved.
+    the store (``fcntl.flock``, released by the kernel when a killed process's file closes). It is
+    re-entrant per process, not per thread, because an orchestrator may run the plan and the write
+    (which takes the lock again) in threads of its own. Object stores take no lock: there
+    `Transaction` checks the branch did not move since the plan, and Icechunk refuses a commit whose
+    parent moved while it wrote.
     """
     if is_url(path):
         yield
         return
     key = str(Path(path).resolve())
-    with _LOCKS_GUARD:
-        entry = _LOCKS.setdefault(key, [threading.RLock(), None, 0])
-    entry[0].acquire()
+    with _HELD_GUARD:
+        entry = _HELD.get(key)
+        if entry is not None:
+            entry[1] += 1
+    if entry is None:
+        lock_path = Path(key + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "w")  # noqa: SIM115 - held across the yield, closed below
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits for another process's build
+        with _HELD_GUARD:
+            entry = _HELD[key] = [handle, 1]
     try:
-        if entry[2] == 0:
-            lock_path = Path(key + ".lock")
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(lock_path, "w")  # noqa: SIM115 - held across the yield, closed below
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            entry[1] = handle
-        entry[2] += 1
-        try:
-            yield
-        finally:
-            entry[2] -= 1
-            if entry[2] == 0:
-                fcntl.flock(entry[1], fcntl.LOCK_UN)
-                entry[1].close()
-                entry[1] = None
+        yield
     finally:
-        entry[0].release()
+        with _HELD_GUARD:
+            entry[1] -= 1
+            last = entry[1] == 0
+            if last:
+                del _HELD[key]
+        if last:
+            fcntl.flock(entry[0], fcntl.LOCK_UN)
+            entry[0].close()
 
 
 def branch_tip(path: str | Path) -> str | None:

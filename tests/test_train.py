@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -374,3 +375,26 @@ def test_plots_and_table_aggregate_seeds(tmp_path):
     assert group_runs(runs)["tmkt"][1].curve == {0: 0.6, 1: 0.9}
     png = plot_curves(runs, tmp_path / "plots" / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+class _RunsCode:
+    """Unpickling this writes a marker file: what a crafted checkpoint could do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path):
+    data = tiny_data(n_per_class=4)
+    config = small_config(tmp_path / "run", method="tmkt", epochs=2, checkpoint_every=1, max_steps=1)
+    train(config, data)
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)  # what the trainer writes is safe
+    marker = tmp_path / "pwned"
+    ckpt["metrics_lines"] = _RunsCode(str(marker))
+    torch.save(ckpt, tmp_path / "run" / "ckpt.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        train(config_with(config, {"max_steps": 0, "resume": True}), data)
+    assert not marker.exists()

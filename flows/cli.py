@@ -24,9 +24,9 @@ PASSTHROUGH: dict[str, tuple[str, str]] = {
     "demo": ("flows.demo", "the main job end to end on built-in data, with a report"),
 }
 BENCHES: dict[str, tuple[str, str]] = {
-    "ingest": ("pipelines.bench_ingest", "decode + bin + write events/s against tonic"),
-    "loader": ("tmkt.bench_loader", "mixed samples/s of the DALI loader against DataLoader baselines"),
-    "train": ("tmkt.bench_train", "training samples/s and data-wait share per backbone"),
+    "ingest": ("benches.ingest", "decode + bin + write events/s against tonic"),
+    "loader": ("benches.loader", "mixed samples/s of the DALI loader against DataLoader baselines"),
+    "train": ("benches.train", "training samples/s and data-wait share per backbone"),
 }
 
 

@@ -29,7 +29,7 @@ from pipelines.build import (
     BuildError,
     BuildPlan,
     BuildResult,
-    _dask_client,
+    dask_client,
     execute_plan,
     plan_build,
 )
@@ -97,7 +97,7 @@ def execute_task(plan: BuildPlan, force: bool = False) -> BuildResult:
     logger = get_run_logger()
     where = plan.config.dask_address or f"a local cluster of {plan.config.workers} workers"
     logger.info("processing %d recordings on %s", len(plan.work), where)
-    with _dask_client(plan.config, None) as client:
+    with dask_client(plan.config.workers, plan.config.dask_address) as client:
         return execute_plan(plan, client, force=force)
 
 

@@ -1,19 +1,6 @@
-"""Names, dtypes and keys shared by every writer and reader of the store.
+"""The value types of the store: the event dtype, the split codes and the frame parameters.
 
-Layout of one store (a Zarr v3 hierarchy inside an Icechunk repository)::
-
-    /                         attrs: classes, sensor_size, source, split_rule, build_params
-    events/x,y  uint16 [E]    all recordings concatenated, lossless, in decode order
-    events/t    int64  [E]    microseconds
-    events/p    uint8  [E]    polarity 0/1
-    events/offsets int64 [N+1]  recording i is events[offsets[i]:offsets[i+1]]
-    events/label int16 [N], events/split uint8 [N], events/width,height uint16 [N]
-    events/source       [N]   path of the raw file, relative to the raw root
-    images/data uint8 [M,H,W,C], images/label int16 [M], images/split uint8 [M], images/source [M]
-    frames/<key>/events uint16 [N,T,2,H,W]   binned event counts (attrs: the FrameSpec)
-    frames/<key>/static uint8  [M,H,W]       static images at the frames' size (gray or V)
-    manifest                  attrs: one row per raw input (path, size, sha256, status, reason)
-    report                    attrs: the build report (counts, quarantined, timings)
+Where each array lives is `storage.layout`; this module says what the values are.
 """
 
 from __future__ import annotations

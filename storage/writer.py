@@ -1,16 +1,18 @@
 """One build = one transaction = one commit.
 
 `Transaction` opens a writable session on the store's branch and a fork of it. Arrays are created
-on the fork, so the fork can be pickled to parallel writers (each writes whole shards and returns
-its fork); `commit` merges the writers' forks first and the coordinator's fork last (its metadata is
-the newest) and commits once. Until then nothing is visible: a build killed half-way leaves the
-previous snapshot as it was.
+on the fork, so a `ShardTarget` can be pickled to parallel writers: each writes whole shards and
+returns a `WriteToken`, an opaque receipt that the coordinator hands back to `merge`. `commit` merges
+the writers' work first and the coordinator's fork last (its metadata is the newest) and commits
+once. Callers never hold an Icechunk session. Until then nothing is visible: a build killed
+half-way leaves the previous snapshot as it was.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from storage import layout
 from storage.repo import BRANCH, commit_lock, open_repository
+from storage.schema import FrameSpec
 
 #: Inner chunk and shard sizes along the first axis. Frames: 16 samples a chunk keeps bulk reads
 #: fast, 256 a shard keeps file counts low. Flat event arrays: 256 k events a chunk.
@@ -34,6 +38,33 @@ BULK_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 def shard_rows(kind: str) -> int:
     """Rows per shard for arrays of a kind: "events" (flat) or "samples" (one row per item)."""
     return EVENT_SHARD if kind == "events" else SAMPLE_SHARD
+
+
+@dataclass(frozen=True)
+class WriteToken:
+    """What one parallel write hands back; only `Transaction.merge` looks inside."""
+
+    fork: Any
+
+
+@dataclass(frozen=True)
+class ShardTarget:
+    """One array that parallel writers fill shard by shard; picklable to Dask workers."""
+
+    array: zarr.Array
+
+    @property
+    def rows_per_shard(self) -> int:
+        return int(self.array.shards[0])
+
+    @property
+    def rows(self) -> int:
+        return int(self.array.shape[0])
+
+    def write(self, first: int, last: int, data: np.ndarray) -> WriteToken:
+        """Rows ``[first, last)``, whole shards only, so that no two writers touch one shard."""
+        self.array[first:last] = data
+        return WriteToken(self.array.store.session)
 
 
 class Transaction:
@@ -57,7 +88,7 @@ class Transaction:
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
-        self._writer_forks: list[Any] = []
+        self._writes: list[WriteToken] = []
         self.started = time.time()
 
     def __enter__(self) -> Transaction:
@@ -84,18 +115,39 @@ class Transaction:
             compressors=BULK_CODEC,
         )
 
+    def shard_target(self, name: str, shape: Sequence[int], dtype: Any, kind: str = "samples") -> ShardTarget:
+        """`create_array` for parallel writers: they get a target, and return `WriteToken`s."""
+        return ShardTarget(self.create_array(name, shape, dtype, kind))
+
     def write_array(self, name: str, data: np.ndarray) -> zarr.Array:
         """A small array written at once by the coordinator (labels, offsets, ...)."""
         data = np.asarray(data)
         rows = max(1, data.shape[0] if data.ndim else 1)
         return self.root.create_array(name, data=data, chunks=(rows, *data.shape[1:]))
 
-    def add_writer_forks(self, forks: Sequence[Any]) -> None:
-        """Register the forks returned by parallel writers, to be merged at commit."""
-        self._writer_forks.extend(forks)
+    def merge(self, tokens: Iterable[WriteToken]) -> None:
+        """Take in the work of parallel writers (their `ShardTarget.write` tokens) at commit."""
+        self._writes.extend(tokens)
+
+    def set_frame_spec(self, spec: FrameSpec) -> None:
+        """Describe the frame representation ``spec.key`` (the attrs of its group)."""
+        self.root.require_group(layout.frames_group(spec.key)).attrs.update(spec.to_attrs())
+
+    def set_root_attrs(self, attrs: dict[str, Any]) -> None:
+        """The dataset-wide attributes (JSON values); names outside `layout.ROOT_ATTRS` are refused."""
+        unknown = sorted(set(attrs) - set(layout.ROOT_ATTRS))
+        if unknown:
+            raise KeyError(f"not a root attribute of the store layout: {unknown}")
+        self.root.attrs.update(attrs)
+
+    def set_manifest(self, rows: list[dict[str, Any]]) -> None:
+        self.root.require_group(layout.MANIFEST).attrs[layout.MANIFEST_ROWS] = rows
+
+    def set_report(self, report: dict[str, Any]) -> None:
+        self.root.require_group(layout.REPORT).attrs.update(report)
 
     def commit(self, message: str, metadata: dict[str, Any] | None = None) -> str:
-        if self._writer_forks:
-            self.session.merge(*self._writer_forks)
+        if self._writes:
+            self.session.merge(*(token.fork for token in self._writes))
         self.session.merge(self.fork)
         return self.session.commit(message, metadata=metadata or {})

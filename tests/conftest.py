@@ -79,7 +79,7 @@ def _group_alive(pgid: int) -> bool:
 
 def tmkt_command(*args: str) -> list[str]:
     """`tmkt ARGS` through this interpreter (the same venv, no PATH lookup)."""
-    return [sys.executable, "-m", "tmkt.cli", *args]
+    return [sys.executable, "-m", "flows.cli", *args]
 
 
 @pytest.fixture(scope="session")

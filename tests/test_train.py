@@ -316,7 +316,7 @@ def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
 
 
 def test_bench_train_reports_every_backbone(tmp_path):
-    from tmkt.bench_train import main as bench_main
+    from benches.train import main as bench_main
 
     store = tmp_path / "store"
     data = tiny_data(n_per_class=4)

@@ -199,17 +199,14 @@ def train_methods(store: Path, runs: Path, args: argparse.Namespace) -> dict[str
 def write_report(
     out: Path, store: Path, runs: dict[str, Path], build_s: float, total_s: float
 ) -> dict[str, Any]:
-    from flows.report import example_frames_png, ratio_schedule_png
     from storage.reader import DatasetReader
-    from tmkt.plots import plot_curves, results_table
+    from tmkt.plots import plot_curves, report_pictures, results_table
 
     reader = DatasetReader(store)
     results = {m: json.loads((d / "result.json").read_text()) for m, d in runs.items()}
     curves = plot_curves(list(runs.values()), out / "curves.png")
-    schedule = ratio_schedule_png(
-        results.get("tmkt", next(iter(results.values())))["config"], out / "ratio_schedule.png"
-    )
-    frames = example_frames_png(store, out / "frames.png")
+    pictures = report_pictures(store, results.get("tmkt", next(iter(results.values())))["config"], out)
+    schedule, frames = pictures["schedule"], pictures["frames"]
     summary = {
         "store": str(store),
         "store_snapshot": reader.snapshot_id,

@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from pipelines.build import add_build_arguments
+
     build = sub.add_parser(
         "build-dataset",
         help="turn raw recordings and static images into a new store snapshot",
@@ -105,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         "previous snapshot; bad files are quarantined and reported; one commit per build.",
     )
     add_build_arguments(build)
+    build.add_argument("--json", help="also write the build report to this file")
     build.set_defaults(func=_cmd_build)
 
     store = sub.add_parser("store", help="inspect and check a store").add_subparsers(
@@ -133,76 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.sources import SOURCES
-
-    parser.add_argument("--source", required=True, choices=sorted(SOURCES))
-    parser.add_argument("--raw", required=True, help="folder of raw recordings (as downloaded)")
-    parser.add_argument("--static", help="folder of static images (MNIST IDX, CIFAR batches, JPEG/PNG)")
-    parser.add_argument("--store", required=True, help="store path (local folder or s3://bucket/prefix)")
-    parser.add_argument("--time-bins", type=int, default=10, help="T, frames per recording (default 10)")
-    parser.add_argument(
-        "--size", type=int, nargs=2, metavar=("H", "W"), help="frame size (default per source)"
-    )
-    parser.add_argument("--mode", choices=("time", "count"), default="time", help="binning by time or count")
-    parser.add_argument("--denoise-us", type=int, default=0, help="drop isolated events (0 = off)")
-    parser.add_argument("--static-mode", choices=("gray", "v"), default="gray", help="gray or HSV V channel")
-    parser.add_argument(
-        "--static-fit", choices=("resize", "pad"), help="statics to frame size: resize, or centre (pad)"
-    )
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
-    parser.add_argument("--workers", type=int, default=2, help="Dask workers of the local cluster")
-    parser.add_argument("--dask-address", help="use an existing Dask scheduler (tcp://host:port)")
-    parser.add_argument(
-        "--max-bad-fraction", type=float, default=0.1, help="fail past this share of bad recordings"
-    )
-    parser.add_argument(
-        "--source-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the source adapter, e.g. recordings_per_class=10 for builtin (repeatable)",
-    )
-    parser.add_argument("--json", help="also write the build report to this file")
-
-
-def build_config_from_args(args: argparse.Namespace):  # -> pipelines.build.BuildConfig
-    from pipelines.build import BuildConfig
-
-    return BuildConfig(
-        source=args.source,
-        raw=args.raw,
-        static=args.static,
-        store=args.store,
-        time_bins=args.time_bins,
-        size=tuple(args.size) if args.size else None,
-        mode=args.mode,
-        denoise_us=args.denoise_us,
-        static_mode=args.static_mode,
-        static_fit=args.static_fit,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        workers=args.workers,
-        dask_address=args.dask_address,
-        max_bad_fraction=args.max_bad_fraction,
-        source_options=dict(_parse_option(item) for item in args.source_option),
-    )
-
-
-def _parse_option(text: str) -> tuple[str, object]:
-    """KEY=VALUE with VALUE read as JSON when it parses (numbers, booleans), else as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise UserError(f"--source-option takes KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
     from flows.dataset import run_build_flow  # the same flow the deployments run
+    from pipelines.build import build_config_from_args
 
     result = run_build_flow(build_config_from_args(args))
     report = result.report

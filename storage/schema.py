@@ -18,6 +18,13 @@ EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
 #: Split names; the store holds their index in this tuple.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
+#: Binning modes: "time" (equal time windows) or "count" (equal event counts).
+BIN_MODES = ("time", "count")
+#: Static image channels: "gray", or "v" (the V channel of HSV).
+STATIC_MODES = ("gray", "v")
+#: How statics meet the frame size: "resize" to it, or "pad" (centred at native scale).
+STATIC_FITS = ("resize", "pad")
+
 #: Bumped whenever binning or static preprocessing code changes what it outputs,
 #: so that frames made by older code get a different key and are never reused.
 FRAMES_CODE_VERSION = "1"
@@ -48,11 +55,11 @@ class FrameSpec:
     def __post_init__(self) -> None:
         if self.time_bins < 1:
             raise ValueError(f"time_bins must be >= 1, got {self.time_bins}")
-        if self.mode not in ("time", "count"):
+        if self.mode not in BIN_MODES:
             raise ValueError(f"mode must be 'time' or 'count', got {self.mode!r}")
-        if self.static_mode not in ("gray", "v"):
+        if self.static_mode not in STATIC_MODES:
             raise ValueError(f"static_mode must be 'gray' or 'v', got {self.static_mode!r}")
-        if self.static_fit not in ("resize", "pad"):
+        if self.static_fit not in STATIC_FITS:
             raise ValueError(f"static_fit must be 'resize' or 'pad', got {self.static_fit!r}")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size must be (H, W) with positive sides, got {self.size}")

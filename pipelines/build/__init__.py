@@ -13,7 +13,14 @@ A build runs in stages that pass paths and ids, never arrays, so an orchestrator
 """
 
 from pipelines.build.cluster import dask_client, local_cluster
-from pipelines.build.config import DEFAULT_SIZES, DEFAULT_STATIC_FITS, BuildConfig, BuildError
+from pipelines.build.config import (
+    DEFAULT_SIZES,
+    DEFAULT_STATIC_FITS,
+    BuildConfig,
+    BuildError,
+    add_build_arguments,
+    build_config_from_args,
+)
 from pipelines.build.plan import BuildPlan, Work, plan_build
 from pipelines.build.process import BatchResult, hash_batch, load_statics, process_batch
 from pipelines.build.write import STATIC_STORE_SIZE, BuildResult, execute_plan, run_build
@@ -28,6 +35,8 @@ __all__ = [
     "BuildPlan",
     "BuildResult",
     "Work",
+    "add_build_arguments",
+    "build_config_from_args",
     "dask_client",
     "execute_plan",
     "hash_batch",

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.sources import get_source
+from pipelines.sources import SOURCES, get_source
 from pipelines.splits import DEFAULT_VAL_FRACTION
-from storage.schema import FrameSpec
+from storage.schema import BIN_MODES, STATIC_FITS, STATIC_MODES, FrameSpec
 
 #: Network input size per source when ``--size`` is not given (the sizes used in the literature).
 DEFAULT_SIZES = {
@@ -31,29 +32,53 @@ class BuildError(RuntimeError):
     """A build that cannot produce a useful snapshot; nothing was committed."""
 
 
+def param(default: Any = MISSING, help: str = "", **cli: Any) -> Any:
+    """A `BuildConfig` field with its command-line option: ``help`` and argparse keywords (``choices``,
+    ``type``, ``nargs``, ``metavar``, ``flag``). `add_build_arguments` makes `tmkt build-dataset`'s
+    options from these, so a parameter is declared once."""
+    metadata = {"help": help, **cli}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class BuildConfig:
     """Parameters of a build; they are recorded in the store and reused by refreshes."""
 
-    source: str
-    raw: str
-    store: str
-    static: str | None = None
-    time_bins: int = 10
-    size: tuple[int, int] | None = None
-    mode: str = "time"
-    denoise_us: int = 0
-    static_mode: str = "gray"
-    static_fit: str | None = None
-    val_fraction: float = DEFAULT_VAL_FRACTION
-    test_fraction: float | None = None
-    seed: int = 0
-    workers: int = 2
-    dask_address: str | None = None
-    max_bad_fraction: float = 0.1
-    batch_size: int = 32
+    source: str = param(choices=sorted(SOURCES), help="the source adapter (format and folder layout)")
+    raw: str = param(help="folder of raw recordings (as downloaded)")
+    store: str = param(help="store path (local folder or s3://bucket/prefix)")
+    static: str | None = param(None, "folder of static images (MNIST IDX, CIFAR batches, JPEG/PNG)")
+    time_bins: int = param(FrameSpec.time_bins, f"T, frames per recording (default {FrameSpec.time_bins})")
+    size: tuple[int, int] | None = param(
+        None, "frame size (default per source)", type=int, nargs=2, metavar=("H", "W")
+    )
+    mode: str = param(FrameSpec.mode, "binning by time or count", choices=BIN_MODES)
+    denoise_us: int = param(FrameSpec.denoise_us, "drop isolated events (0 = off)")
+    static_mode: str = param(FrameSpec.static_mode, "gray or HSV V channel", choices=STATIC_MODES)
+    static_fit: str | None = param(
+        None, "statics to frame size: resize, or centre (pad)", choices=STATIC_FITS
+    )
+    val_fraction: float = param(DEFAULT_VAL_FRACTION, "share of recordings held out for validation")
+    test_fraction: float | None = param(
+        None,
+        "share held out for test where the download publishes no test split (default per source)",
+        type=float,
+    )
+    seed: int = param(0, "seed of the split assignment")
+    workers: int = param(2, "Dask workers of the local cluster")
+    dask_address: str | None = param(None, "use an existing Dask scheduler (tcp://host:port)")
+    max_bad_fraction: float = param(0.1, "fail past this share of bad recordings")
+    batch_size: int = param(32, "recordings per Dask task")
     #: options of the source adapter (its dataclass fields), e.g. {"recordings_per_class": 10} for builtin
-    source_options: dict[str, Any] = field(default_factory=dict)
+    source_options: dict[str, Any] = param(
+        {},
+        "an option of the source adapter, e.g. recordings_per_class=10 for builtin (repeatable)",
+        flag="--source-option",
+        metavar="KEY=VALUE",
+        action="append",
+    )
 
     def source_adapter(self) -> Any:
         """The source, with this build's split parameters: the adapter knows whether its download
@@ -81,6 +106,47 @@ class BuildConfig:
             "seed": self.seed,
             "source_options": self.source_options,
         }
+
+
+def default(name: str) -> Any:
+    """The default of `BuildConfig` field ``name`` (a fresh one for mutable defaults)."""
+    spec = BuildConfig.__dataclass_fields__[name]
+    return spec.default_factory() if spec.default is MISSING else spec.default
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per `BuildConfig` field, from its metadata; fields without a default are required."""
+    for spec in fields(BuildConfig):
+        cli = dict(spec.metadata)
+        flag = cli.pop("flag", "--" + spec.name.replace("_", "-"))
+        if spec.default is MISSING and spec.default_factory is MISSING:
+            cli["required"] = True
+        elif cli.get("action") == "append":
+            cli["default"] = []
+        else:
+            cli["default"] = spec.default
+            if spec.default is not None and "type" not in cli:
+                cli["type"] = type(spec.default)
+        parser.add_argument(flag, dest=spec.name, **cli)
+
+
+def build_config_from_args(args: argparse.Namespace) -> BuildConfig:
+    """The `BuildConfig` of parsed `add_build_arguments` options."""
+    values = {spec.name: getattr(args, spec.name) for spec in fields(BuildConfig)}
+    values["size"] = tuple(values["size"]) if values["size"] else None
+    values["source_options"] = dict(parse_option(item) for item in values["source_options"])
+    return BuildConfig(**values)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, booleans), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise BuildError(f"--source-option takes KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def jsonable(value: Any) -> Any:

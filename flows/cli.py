@@ -66,7 +66,7 @@ def _user_message(err: Exception) -> str | None:
     from flows.server import ServerError, ServerUnreachable
     from pipelines.build import BuildError
     from storage.repo import StoreNotFound
-    from tmkt.train import DeviceUnavailable
+    from tmkt.system import DeviceUnavailable
 
     known = (
         DeviceUnavailable,

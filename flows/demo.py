@@ -169,7 +169,8 @@ def run_build_deployment(env: dict[str, str], recordings_per_class: int) -> floa
 def train_methods(store: Path, runs: Path, args: argparse.Namespace) -> dict[str, Path]:
     import torch
 
-    from tmkt.train import TrainConfig, train
+    from tmkt.config import TrainConfig
+    from tmkt.train import train
 
     gpu = torch.cuda.is_available()
     epochs = args.epochs or (40 if gpu else 15)

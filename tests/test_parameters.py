@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -99,3 +100,53 @@ def test_a_non_default_test_fraction_reaches_the_build_through_the_flow(
     # the default (0.1) would hold out about 10 of 100 recordings for test; 0.5 holds out about half
     assert 35 <= counts[SPLITS.index("test")] <= 65, counts
     assert "test if u < 0.5" in reader.attrs["split_rule"]
+
+
+def test_train_help_lists_every_config_key_with_type_default_and_meaning(capsys) -> None:
+    from flows.cli import main
+    from tmkt.config import TrainConfig
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    hints = typing.get_type_hints(TrainConfig)
+    for spec in fields(TrainConfig):
+        line = f"  {spec.name} ({hints[spec.name].__name__}, default {spec.default!r}"
+        assert line in text, spec.name
+        assert spec.metadata["help"] and spec.metadata["help"] in text, spec.name
+    assert "--backbone {auto,small,vgg_snn,resnet18}" in text and "--device {auto,cpu,cuda}" in text
+
+
+def test_an_unknown_train_key_is_one_line_with_a_suggestion_and_exit_2(capsys) -> None:
+    from flows.cli import main
+
+    assert main(["train", "--store", "s", "bach_size=8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown config key(s) 'bach_size' (did you mean 'batch_size'?)" in err
+    with pytest.raises(SystemExit) as done:  # argparse: not one of the choices
+        main(["train", "--store", "s", "--backbone", "vgg"])
+    assert done.value.code == 2 and "invalid choice: 'vgg'" in capsys.readouterr().err
+
+
+def test_eval_split_and_device_have_choices(capsys) -> None:
+    from tmkt.evaluate import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--checkpoint", "c.pt", "--store", "s", "--split", "tset"])
+    assert done.value.code == 2 and "invalid choice: 'tset'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "c.pt", "--store", "s", "--device", "gpu"])
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_train_flow_defaults_are_the_train_config_defaults() -> None:
+    from flows.training import train_flow
+    from tmkt.config import TrainConfig
+
+    signature = inspect.signature(train_flow.fn).parameters
+    defaults = {spec.name: spec.default for spec in fields(TrainConfig)}
+    # every named parameter is a TrainConfig key (overrides sets the others)
+    assert set(signature) - {"overrides"} <= set(defaults)
+    assert signature["method"].default == defaults["method"]
+    assert signature["epochs"].default == defaults["epochs"]

@@ -172,8 +172,8 @@ def example_frames_png(store: str | Path, out_png: str | Path, cut: int | None =
 def ratio_schedule_png(config: dict[str, Any], out_png: str | Path, time_steps: int) -> Path:
     """Target event ratio r_m and the mixing probability p over training, as the trainer uses them:
     the schedule is the run's (its recorded ``config``, defaults from `TrainConfig`)."""
+    from tmkt.config import TrainConfig, config_with
     from tmkt.mixing import solve_p
-    from tmkt.train import TrainConfig, config_with
 
     known = {f.name for f in fields(TrainConfig)}
     schedule = config_with(TrainConfig(), {k: v for k, v in config.items() if k in known}).schedule()

@@ -92,7 +92,7 @@ class Services:
         )
         log.info("serving the deployments (tmkt serve)")
         self.serve = subprocess.Popen(
-            [_tmkt(), "serve", "--paused-refresh"],
+            [*_tmkt(), "serve", "--paused-refresh"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=open(self.home / "serve.log", "ab"),  # noqa: SIM115 (closed with the process)
@@ -120,9 +120,9 @@ class Services:
             stop_server(self.home)
 
 
-def _tmkt() -> str:
-    script = Path(sys.executable).parent / "tmkt"
-    return str(script) if script.exists() else "tmkt"
+def _tmkt() -> list[str]:
+    """`tmkt` through this interpreter: the code that runs the demo, whatever script is installed."""
+    return [sys.executable, "-m", "flows.cli"]
 
 
 def _prefect() -> str:

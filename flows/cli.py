@@ -1,7 +1,8 @@
 """`tmkt`: the command line of the whole system.
 
-This module is the entry layer: it may reach every package (the library modules of `tmkt` itself
-depend on `storage` only). Heavy imports happen inside each command so `tmkt --help` stays fast.
+This module is the top floor: it may reach `flows`, `pipelines`, `storage` and `tmkt`, and names the
+`benches` modules that `tmkt bench NAME` runs. Nothing imports it, so the packages below keep their
+one direction of dependency. Heavy imports happen inside each command so `tmkt --help` stays fast.
 """
 
 from __future__ import annotations

@@ -29,11 +29,12 @@ from pipelines.build import (
     BuildError,
     BuildPlan,
     BuildResult,
-    _dask_client,
+    dask_client,
     execute_plan,
     plan_build,
     run_as_writer,
 )
+from pipelines.build.config import default
 from storage.reader import DatasetReader
 
 #: pipelines/ and storage/ log under this name; the flows forward it into the flow run logs.
@@ -42,6 +43,8 @@ LIBRARY_LOGGER = "tmkt"
 PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
 #: Up to this many quarantined files are listed one by one in the report artifact.
 REPORT_MAX_QUARANTINED = 50
+#: The parameters of `build_dataset` that come from a `BuildConfig`: all of its fields.
+BUILD_PARAMETERS = tuple(spec.name for spec in fields(BuildConfig))
 
 
 def is_transient_io_error(exc: BaseException) -> bool:
@@ -98,7 +101,7 @@ def execute_task(plan: BuildPlan, force: bool = False) -> BuildResult:
     logger = get_run_logger()
     where = plan.config.dask_address or f"a local cluster of {plan.config.workers} workers"
     logger.info("processing %d recordings on %s", len(plan.work), where)
-    with _dask_client(plan.config, None) as client:
+    with dask_client(plan.config.workers, plan.config.dask_address) as client:
         return execute_plan(plan, client, force=force)
 
 
@@ -118,44 +121,32 @@ def build_dataset(
     source: str,
     raw: str,
     store: str,
-    static: str | None = None,
-    time_bins: int = 10,
-    size: list[int] | None = None,
-    mode: str = "time",
-    denoise_us: int = 0,
-    static_mode: str = "gray",
-    static_fit: str | None = None,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    workers: int = 2,
-    dask_address: str | None = None,
-    max_bad_fraction: float = 0.1,
+    static: str | None = default("static"),
+    time_bins: int = default("time_bins"),
+    size: list[int] | None = default("size"),
+    mode: str = default("mode"),
+    denoise_us: int = default("denoise_us"),
+    static_mode: str = default("static_mode"),
+    static_fit: str | None = default("static_fit"),
+    val_fraction: float = default("val_fraction"),
+    test_fraction: float | None = default("test_fraction"),
+    seed: int = default("seed"),
+    workers: int = default("workers"),
+    dask_address: str | None = default("dask_address"),
+    max_bad_fraction: float = default("max_bad_fraction"),
+    batch_size: int = default("batch_size"),
     source_options: dict[str, Any] | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Build (or refresh) a store from raw recordings; the parameters are those of `tmkt build-dataset`.
+    """Build (or refresh) a store from raw recordings; the parameters are the fields of `BuildConfig`
+    (those of `tmkt build-dataset`), with their defaults; a test checks that they stay equal.
 
     Returns ``{"snapshot", "committed", "report"}``. ``force`` commits even when nothing changed.
     """
-    config = BuildConfig(
-        source=source,
-        raw=raw,
-        store=store,
-        static=static,
-        time_bins=time_bins,
-        size=tuple(size) if size else None,
-        mode=mode,
-        denoise_us=denoise_us,
-        static_mode=static_mode,
-        static_fit=static_fit,
-        val_fraction=val_fraction,
-        seed=seed,
-        workers=workers,
-        dask_address=dask_address,
-        max_bad_fraction=max_bad_fraction,
-        source_options=dict(source_options or {}),
-    )
-    return _run(config, "build", force)
+    params = {name: value for name, value in locals().items() if name in BUILD_PARAMETERS}
+    params["size"] = tuple(size) if size else None
+    params["source_options"] = dict(source_options or {})
+    return _run(BuildConfig(**params), "build", force)
 
 
 @flow(name="refresh-dataset", flow_run_name="refresh {store}")
@@ -189,7 +180,7 @@ def refresh_config(store: str, **overrides: Any) -> BuildConfig:
 
 def flow_parameters(config: BuildConfig) -> dict[str, Any]:
     """`build_dataset` keyword arguments for a `BuildConfig` (how `tmkt build-dataset` calls the flow)."""
-    params = {k: v for k, v in asdict(config).items() if k in BUILD_PARAMETERS}
+    params = asdict(config)
     params["size"] = list(config.size) if config.size else None
     return params
 
@@ -319,24 +310,3 @@ def _quarantine_lines(quarantined: list[dict[str, Any]]) -> list[str]:
     if len(quarantined) > REPORT_MAX_QUARANTINED:
         lines.append(f"| ... and {len(quarantined) - REPORT_MAX_QUARANTINED} more | | |")
     return lines
-
-
-#: The parameters of `build_dataset` that come from a `BuildConfig`.
-BUILD_PARAMETERS = (
-    "source",
-    "raw",
-    "store",
-    "static",
-    "time_bins",
-    "size",
-    "mode",
-    "denoise_us",
-    "static_mode",
-    "static_fit",
-    "val_fraction",
-    "seed",
-    "workers",
-    "dask_address",
-    "max_bad_fraction",
-    "source_options",
-)

@@ -92,7 +92,7 @@ class Services:
         )
         log.info("serving the deployments (tmkt serve)")
         self.serve = subprocess.Popen(
-            [_tmkt(), "serve", "--paused-refresh"],
+            [*_tmkt(), "serve", "--paused-refresh"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=open(self.home / "serve.log", "ab"),  # noqa: SIM115 (closed with the process)
@@ -120,9 +120,9 @@ class Services:
             stop_server(self.home)
 
 
-def _tmkt() -> str:
-    script = Path(sys.executable).parent / "tmkt"
-    return str(script) if script.exists() else "tmkt"
+def _tmkt() -> list[str]:
+    """`tmkt` through this interpreter: the code that runs the demo, whatever script is installed."""
+    return [sys.executable, "-m", "flows.cli"]
 
 
 def _prefect() -> str:
@@ -169,7 +169,8 @@ def run_build_deployment(env: dict[str, str], recordings_per_class: int) -> floa
 def train_methods(store: Path, runs: Path, args: argparse.Namespace) -> dict[str, Path]:
     import torch
 
-    from tmkt.train import TrainConfig, train
+    from tmkt.config import TrainConfig
+    from tmkt.train import train
 
     gpu = torch.cuda.is_available()
     epochs = args.epochs or (40 if gpu else 15)
@@ -199,17 +200,14 @@ def train_methods(store: Path, runs: Path, args: argparse.Namespace) -> dict[str
 def write_report(
     out: Path, store: Path, runs: dict[str, Path], build_s: float, total_s: float
 ) -> dict[str, Any]:
-    from flows.report import example_frames_png, ratio_schedule_png
     from storage.reader import DatasetReader
-    from tmkt.plots import plot_curves, results_table
+    from tmkt.plots import plot_curves, report_pictures, results_table
 
     reader = DatasetReader(store)
     results = {m: json.loads((d / "result.json").read_text()) for m, d in runs.items()}
     curves = plot_curves(list(runs.values()), out / "curves.png")
-    schedule = ratio_schedule_png(
-        results.get("tmkt", next(iter(results.values())))["config"], out / "ratio_schedule.png"
-    )
-    frames = example_frames_png(store, out / "frames.png")
+    pictures = report_pictures(store, results.get("tmkt", next(iter(results.values())))["config"], out)
+    schedule, frames = pictures["schedule"], pictures["frames"]
     summary = {
         "store": str(store),
         "store_snapshot": reader.snapshot_id,

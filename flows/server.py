@@ -1,9 +1,11 @@
 """`tmkt server start|stop|status`: a local Prefect server on 127.0.0.1, and API reachability checks.
 
-The server is the stock `prefect server start` (SQLite database under ``PREFECT_HOME``, Prefect's
-embedded default), started detached in its own process session so that it outlives the command and
-`stop` can end it together with every child it spawned. Its pid, port and log live under
-``PREFECT_HOME`` so that any later `tmkt server` call finds it again.
+The server is Prefect's own: `prefect server start --background` (SQLite database under
+``PREFECT_HOME``, Prefect's embedded default; its pid file is ``PREFECT_HOME/server.pid``),
+`prefect server status --wait` and `prefect server stop`. This module adds what those lack: a port
+check with one clear line, the port remembered under ``PREFECT_HOME`` (so `status` and a second
+`start` find the URL again), a stale pid file cleared, a `stop` that returns once the process is
+gone, and the ``export PREFECT_API_URL=...`` line to paste.
 
 Deployment runs need a server that several processes share (`prefect deployment run` in one, the
 serving process in another): Prefect's ephemeral API lives inside one process and cannot be seen by
@@ -22,13 +24,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 4200
 HOST = "127.0.0.1"
-PID_FILE = "tmkt-server.json"
-LOG_FILE = "tmkt-server.log"
+#: Written by `prefect server start --background` (the pid of its uvicorn process), removed by `stop`.
+PREFECT_PID_FILE = "server.pid"
+#: The port of the server started here (Prefect's pid file holds only the pid).
+PORT_FILE = "tmkt-server.json"
 
 
 class ServerError(RuntimeError):
@@ -45,8 +49,6 @@ class ServerRecord:
 
     pid: int
     port: int
-    log: str
-    started: float
 
     @property
     def api_url(self) -> str:
@@ -111,16 +113,18 @@ def require_api(shared: bool = False) -> str | None:
 # the record under PREFECT_HOME
 # --------------------------------------------------------------------------------------------
 def read_record(home: Path) -> ServerRecord | None:
+    """The server started under ``home``: Prefect's pid file and the port remembered beside it."""
     try:
-        return ServerRecord(**json.loads((home / PID_FILE).read_text()))
-    except (OSError, ValueError, TypeError):
+        pid = int((home / PREFECT_PID_FILE).read_text())
+        port = int(json.loads((home / PORT_FILE).read_text())["port"])
+    except (OSError, ValueError, TypeError, KeyError):
         return None
+    return ServerRecord(pid=pid, port=port)
 
 
-def _write_record(home: Path, record: ServerRecord) -> None:
-    tmp = home / f"{PID_FILE}.tmp"
-    tmp.write_text(json.dumps(asdict(record)))
-    tmp.replace(home / PID_FILE)
+def _forget(home: Path) -> None:
+    (home / PREFECT_PID_FILE).unlink(missing_ok=True)
+    (home / PORT_FILE).unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:
@@ -157,13 +161,42 @@ def free_port() -> int:
 # --------------------------------------------------------------------------------------------
 # start / stop / status
 # --------------------------------------------------------------------------------------------
-def _prefect_command() -> list[str]:
+def _prefect(
+    home: Path, *args: str, api_url: str | None = None, timeout: float = 60.0, detach: bool = False
+) -> str:
+    """Run `prefect ARGS` with ``PREFECT_HOME=home``; its output, or ServerError with its last line.
+
+    ``detach``: in a session of its own, so that the background server it leaves behind is out of
+    reach of the caller's terminal signals (Ctrl-C in the shell that ran `tmkt server start`)."""
     script = Path(sys.executable).parent / "prefect"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "prefect"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "prefect"]
+    env = dict(os.environ, PREFECT_HOME=str(home))
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.pop("PREFECT_API_URL", None)  # the server serves its own API; a client setting is not for it
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    try:
+        done = subprocess.run(
+            [*command, *args],
+            env=env,
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=detach,
+        )
+    except subprocess.TimeoutExpired:
+        raise ServerError(f"`prefect {' '.join(args)}` did not finish within {timeout:.0f} s") from None
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        last = output.splitlines()[-1] if output else f"exit code {done.returncode}"
+        raise ServerError(f"`prefect {' '.join(args)}` failed: {last}")
+    return output
 
 
 def start_server(port: int = DEFAULT_PORT, home: Path | None = None, timeout: float = 90.0) -> ServerRecord:
-    """Start `prefect server start` detached and return once its API answers."""
+    """`prefect server start --background` on 127.0.0.1, and return once its API answers."""
     home = home or prefect_home()
     home.mkdir(parents=True, exist_ok=True)
     running = read_record(home)
@@ -174,78 +207,49 @@ def start_server(port: int = DEFAULT_PORT, home: Path | None = None, timeout: fl
                 "`tmkt server stop` it first to use another port"
             )
         return running
+    _forget(home)  # a pid file left by a server that died would make Prefect refuse to start
     if not port_free(port):
         raise ServerError(f"port {port} on {HOST} is already in use: choose another with --port")
-    env = dict(os.environ)
-    env["PREFECT_HOME"] = str(home)
-    env.pop("PREFECT_API_URL", None)  # the server serves its own API; a client setting is not for it
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    log_path = home / LOG_FILE
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [*_prefect_command(), "server", "start", "--host", HOST, "--port", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=home,
-            start_new_session=True,  # its own session: it outlives this command, stop ends the group
-        )
-    record = ServerRecord(pid=process.pid, port=port, log=str(log_path), started=time.time())
-    _write_record(home, record)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            (home / PID_FILE).unlink(missing_ok=True)
-            raise ServerError(f"the Prefect server exited with code {process.returncode}: see {log_path}")
-        if api_healthy(record.api_url, timeout=1.0):
-            return record
-        time.sleep(0.25)
-    _kill_group(process.pid, grace=5.0)
-    (home / PID_FILE).unlink(missing_ok=True)
-    raise ServerError(f"the Prefect server did not answer within {timeout:.0f} s: see {log_path}")
-
-
-def stop_server(home: Path | None = None, grace: float = 15.0) -> ServerRecord | None:
-    """End the recorded server and all its children; None when none was recorded."""
-    home = home or prefect_home()
-    record = read_record(home)
-    if record is None:
-        return None
-    if process_alive(record.pid):
-        _kill_group(record.pid, grace)
-    (home / PID_FILE).unlink(missing_ok=True)
+    (home / PORT_FILE).write_text(json.dumps({"port": port}))
+    try:
+        _prefect(home, "server", "start", "--background", "--host", HOST, "--port", str(port), detach=True)
+        record = read_record(home)
+        if record is None:
+            raise ServerError(f"`prefect server start --background` left no pid file in {home}")
+        wait = ("server", "status", "--wait", "--timeout", str(max(1, round(timeout))))
+        _prefect(home, *wait, api_url=api_url(port), timeout=timeout + 30)
+    except ServerError:
+        stop_server(home, grace=5.0)
+        raise
     return record
 
 
-def _kill_group(pid: int, grace: float) -> None:
-    """SIGTERM the process group led by ``pid``, then SIGKILL whatever is left after ``grace``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
+def stop_server(home: Path | None = None, grace: float = 15.0) -> ServerRecord | None:
+    """`prefect server stop`, then wait until the process is gone (SIGKILL after ``grace``);
+    None when no server was recorded."""
+    home = home or prefect_home()
+    record = read_record(home)
+    if (home / PREFECT_PID_FILE).exists():
+        _prefect(home, "server", "stop")
+    if record is not None:
+        _wait_gone(record.pid, grace)
+    _forget(home)
+    return record
+
+
+def _wait_gone(pid: int, grace: float) -> None:
+    """Return once ``pid`` has exited; SIGKILL it when it outlives ``grace`` seconds."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
             return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if not _group_alive(pid):
-                return
-            time.sleep(0.1)
-
-
-def _group_alive(pgid: int) -> bool:
+        time.sleep(0.1)
     try:
-        os.killpg(pgid, 0)
+        os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # the leader may be our own zombie child while the rest of its group is gone
-    process_alive(pgid)
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        return
+    while process_alive(pid):
+        time.sleep(0.1)
 
 
 def server_status(home: Path | None = None) -> tuple[str, ServerRecord | None]:
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             already = read_record(home)
             record = start_server(args.port, home, args.timeout)
             state = "already running" if already and already.pid == record.pid else "started"
-            print(f"Prefect server {state} at {record.api_url} (pid {record.pid}, log {record.log})")
+            print(f"Prefect server {state} at {record.api_url} (pid {record.pid}, PREFECT_HOME {home})")
             print("To use it from this shell, run:")
             print(export_line(record.port))
             return 0

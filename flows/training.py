@@ -34,7 +34,8 @@ def train_config_values(
 # the flow again means training again. Resuming is the trainer's job (overrides {"resume": true}).
 @task(name="train-model", cache_policy=NO_CACHE, persist_result=False)
 def train_task(values: dict[str, Any]) -> dict[str, Any]:
-    from tmkt.train import TrainConfig, config_with, train
+    from tmkt.config import TrainConfig, config_with
+    from tmkt.train import train
 
     return train(config_with(TrainConfig(), values))
 
@@ -50,7 +51,7 @@ def train_flow(
 ) -> dict[str, Any]:
     """Train ``method`` on ``store`` at ``snapshot`` (default: the latest when the run starts).
 
-    ``overrides`` sets any other `tmkt.train.TrainConfig` field, e.g. ``{"batch_size": 32}``.
+    ``overrides`` sets any other `tmkt.config.TrainConfig` field, e.g. ``{"batch_size": 32}``.
     """
     logger = get_run_logger()
     pinned = DatasetReader(store, snapshot or None).snapshot_id

@@ -36,11 +36,11 @@ done
 
 if [ "$BENCH" = 1 ]; then
 step "bench loader"
-timeout 180 $PY -m tmkt.cli bench loader --store "34x34=$STORE" --json "$OUT/bench_loader.json" --seconds 3 \
+timeout 180 $PY -m flows.cli bench loader --store "34x34=$STORE" --json "$OUT/bench_loader.json" --seconds 3 \
   >>"$log" 2>&1 || echo "bench loader failed: $?" | tee -a "$log"
 
 step "bench train"
-timeout 240 $PY -m tmkt.cli bench train --store "$STORE" --json "$OUT/bench_train.json" --steps 20 --warmup 3 \
+timeout 240 $PY -m flows.cli bench train --store "$STORE" --json "$OUT/bench_train.json" --steps 20 --warmup 3 \
   >>"$log" 2>&1 || echo "bench train failed: $?" | tee -a "$log"
 fi
 
@@ -50,7 +50,7 @@ grid() {
   left=$(( deadline - $(date +%s) ))
   if [ "$left" -le 10 ]; then echo "skipped (time): $*" | tee -a "$log"; return; fi
   # shellcheck disable=SC2086
-  timeout "$left" $PY -m tmkt.cli experiment --store "$STORE" --out exp --parallel "$PARALLEL" "$@" \
+  timeout "$left" $PY -m flows.cli experiment --store "$STORE" --out exp --parallel "$PARALLEL" "$@" \
     epochs="$EPOCHS" backbone="$BACKBONE" checkpoint_every=0 $TRAIN_ARGS >>"$log" 2>&1
   echo "grid $* exit $?" | tee -a "$log"
 }
@@ -58,7 +58,7 @@ grid --methods tmkt,event --seeds 0,1,2 --per-class 0
 grid --methods tmkt,event --seeds 0,1,2 --per-class 5,10,25
 grid --methods finetune,he2024 --seeds 0,1,2 --per-class 0
 grid --methods tsm,tsm+mag,tsm+mrp --seeds 0,1,2 --per-class 0
-$PY -m tmkt.cli experiment --store "$STORE" --out exp --report-only >>"$log" 2>&1
+$PY -m flows.cli experiment --store "$STORE" --out exp --report-only >>"$log" 2>&1
 tar czf "$OUT/exp.tgz" --exclude='ckpt.pt' --exclude='tb' exp 2>>"$log"
 cp exp/results.md exp/summary.json "$OUT/" 2>/dev/null
 step "done"

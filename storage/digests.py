@@ -14,9 +14,6 @@ from typing import Any
 
 import numpy as np
 
-#: Root attribute holding ``{array path: {"rows": R, "shape": [...], "dtype": str, "parts": [hex]}}``.
-DIGESTS_ATTR = "digests"
-
 
 def part_rows(array: Any) -> int:
     """Rows per digest part of a Zarr array: its shard (or chunk) length along the first axis."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from storage import layout
 from storage.repo import BRANCH, StoreNotFound, open_repository
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
 
@@ -35,7 +36,7 @@ class DatasetReader:
             self.root = zarr.open_group(session.store, mode="r")
         except zarr.errors.GroupNotFoundError:
             self.root = None
-        if self.root is None or "events" not in self.root:
+        if self.root is None or layout.EVENTS not in self.root:
             raise StoreNotFound(f"{path}: snapshot {self.snapshot_id} holds no dataset yet")
 
     # -- dataset-wide attributes -------------------------------------------------------------
@@ -45,33 +46,33 @@ class DatasetReader:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.attrs["classes"])
+        return list(self.attrs[layout.CLASSES])
 
     @property
     def build_params(self) -> dict[str, Any]:
-        return dict(self.attrs.get("build_params", {}))
+        return dict(self.attrs.get(layout.BUILD_PARAMS, {}))
 
     # -- recordings --------------------------------------------------------------------------
     @cached_property
     def offsets(self) -> np.ndarray:
-        return self.root["events/offsets"][:]
+        return self.root[layout.OFFSETS][:]
 
     @cached_property
     def labels(self) -> np.ndarray:
-        return self.root["events/label"][:].astype(np.int64)
+        return self.root[layout.LABEL][:].astype(np.int64)
 
     @cached_property
     def splits(self) -> np.ndarray:
-        return self.root["events/split"][:]
+        return self.root[layout.SPLIT][:]
 
     @cached_property
     def sensor_sizes(self) -> np.ndarray:
         """``[N, 2]`` (width, height) of each recording's sensor."""
-        return np.stack([self.root["events/width"][:], self.root["events/height"][:]], axis=1)
+        return np.stack([self.root[layout.WIDTH][:], self.root[layout.HEIGHT][:]], axis=1)
 
     @cached_property
     def sources(self) -> list[str]:
-        return list(self.attrs["recording_sources"])
+        return list(self.attrs[layout.RECORDING_SOURCES])
 
     @property
     def n_recordings(self) -> int:
@@ -92,65 +93,65 @@ class DatasetReader:
     def events_range(self, start: int, stop: int) -> np.ndarray:
         out = np.empty(stop - start, dtype=EVENT_DTYPE)
         for name in EVENT_DTYPE.names:
-            out[name] = self.root[f"events/{name}"][start:stop]
+            out[name] = self.root[layout.EVENT_FIELDS[name]][start:stop]
         return out
 
     # -- static images -----------------------------------------------------------------------
     @cached_property
     def image_labels(self) -> np.ndarray:
-        return self.root["images/label"][:].astype(np.int64)
+        return self.root[layout.IMAGE_LABEL][:].astype(np.int64)
 
     @cached_property
     def image_splits(self) -> np.ndarray:
-        return self.root["images/split"][:]
+        return self.root[layout.IMAGE_SPLIT][:]
 
     @property
     def n_images(self) -> int:
-        return int(self.root["images/label"].shape[0])
+        return int(self.root[layout.IMAGE_LABEL].shape[0])
 
     def images(self) -> np.ndarray:
-        return self.root["images/data"][:]
+        return self.root[layout.IMAGES][:]
 
     # -- derived frames ----------------------------------------------------------------------
     def frame_keys(self) -> dict[str, FrameSpec]:
-        if "frames" not in self.root:
+        if layout.FRAMES not in self.root:
             return {}
-        return {
-            key: FrameSpec.from_attrs(group.attrs.asdict()) for key, group in self.root["frames"].groups()
-        }
+        groups = self.root[layout.FRAMES].groups()
+        return {key: FrameSpec.from_attrs(group.attrs.asdict()) for key, group in groups}
 
     def default_frame_key(self) -> str:
-        key = self.attrs.get("frames_key")
+        key = self.attrs.get(layout.FRAMES_KEY)
         if not key:
             raise KeyError(f"{self.path}: the store records no default frame representation")
         return key
 
-    def _frames_group(self, key: str | None) -> zarr.Group:
+    def _frames_key(self, key: str | None) -> str:
+        """``key`` (or the default one), checked to name a stored representation."""
         key = key or self.default_frame_key()
-        if "frames" not in self.root or key not in self.root["frames"]:
+        if layout.FRAMES not in self.root or key not in self.root[layout.FRAMES]:
             raise KeyError(f"{self.path}: no frames with key {key!r}; have {sorted(self.frame_keys())}")
-        return self.root["frames"][key]
+        return key
 
     def frame_spec(self, key: str | None = None) -> FrameSpec:
-        return FrameSpec.from_attrs(self._frames_group(key).attrs.asdict())
+        return FrameSpec.from_attrs(self.root[layout.frames_group(self._frames_key(key))].attrs.asdict())
 
     def event_frames(self, key: str | None = None, indices: np.ndarray | None = None) -> np.ndarray:
         """uint16 ``[N, T, 2, H, W]`` binned counts (all recordings, or ``indices``)."""
-        array = self._frames_group(key)["events"]
+        array = self.root[layout.event_frames(self._frames_key(key))]
         return array[:] if indices is None else array.get_orthogonal_selection((np.asarray(indices),))
 
     def static_frames(self, key: str | None = None) -> np.ndarray:
         """uint8 ``[M, H, W]`` static images at the frames' size."""
-        return self._frames_group(key)["static"][:]
+        return self.root[layout.static_frames(self._frames_key(key))][:]
 
     # -- provenance --------------------------------------------------------------------------
     @cached_property
     def manifest(self) -> list[dict[str, Any]]:
-        return list(self.root["manifest"].attrs["rows"])
+        return list(self.root[layout.MANIFEST].attrs[layout.MANIFEST_ROWS])
 
     @cached_property
     def report(self) -> dict[str, Any]:
-        return dict(self.root["report"].attrs.asdict())
+        return dict(self.root[layout.REPORT].attrs.asdict())
 
     def history(self) -> list[dict[str, Any]]:
         """Snapshots of the branch, newest first."""
@@ -162,17 +163,16 @@ class DatasetReader:
     def info(self) -> dict[str, Any]:
         frames = {}
         for key, spec in self.frame_keys().items():
-            group = self.root["frames"][key]
             frames[key] = {
-                "events_shape": list(group["events"].shape),
-                "static_shape": list(group["static"].shape),
+                "events_shape": list(self.root[layout.event_frames(key)].shape),
+                "static_shape": list(self.root[layout.static_frames(key)].shape),
                 "spec": spec.to_attrs(),
             }
         split_counts = {name: int((self.splits == i).sum()) for i, name in enumerate(SPLITS)}
         return {
             "path": str(self.path),
             "snapshot": self.snapshot_id,
-            "source": self.attrs.get("source"),
+            "source": self.attrs.get(layout.SOURCE),
             "classes": self.classes,
             "recordings": self.n_recordings,
             "events": self.n_events,
@@ -180,7 +180,7 @@ class DatasetReader:
             "splits": split_counts,
             "quarantined": [r for r in self.manifest if r["status"] == "quarantined"],
             "frames": frames,
-            "frames_key": self.attrs.get("frames_key"),
-            "split_rule": self.attrs.get("split_rule"),
+            "frames_key": self.attrs.get(layout.FRAMES_KEY),
+            "split_rule": self.attrs.get(layout.SPLIT_RULE),
             "report": self.report,
         }

@@ -19,7 +19,7 @@ import icechunk
 BRANCH = "main"
 
 # Icechunk warns on every open that the local filesystem is unsafe for concurrent commits; commits
-# here are serialized by `commit_lock`, so that warning is noise; ICECHUNK_LOG still overrides this.
+# here are serialized by `writer_lock`, so that warning is noise; ICECHUNK_LOG still overrides this.
 if "ICECHUNK_LOG" not in os.environ:
     icechunk.set_logs_filter("error")
 

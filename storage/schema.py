@@ -1,19 +1,6 @@
-"""Names, dtypes and keys shared by every writer and reader of the store.
+"""The value types of the store: the event dtype, the split codes and the frame parameters.
 
-Layout of one store (a Zarr v3 hierarchy inside an Icechunk repository)::
-
-    /                         attrs: classes, sensor_size, source, split_rule, build_params
-    events/x,y  uint16 [E]    all recordings concatenated, lossless, in decode order
-    events/t    int64  [E]    microseconds
-    events/p    uint8  [E]    polarity 0/1
-    events/offsets int64 [N+1]  recording i is events[offsets[i]:offsets[i+1]]
-    events/label int16 [N], events/split uint8 [N], events/width,height uint16 [N]
-    events/source       [N]   path of the raw file, relative to the raw root
-    images/data uint8 [M,H,W,C], images/label int16 [M], images/split uint8 [M], images/source [M]
-    frames/<key>/events uint16 [N,T,2,H,W]   binned event counts (attrs: the FrameSpec)
-    frames/<key>/static uint8  [M,H,W]       static images at the frames' size (gray or V)
-    manifest                  attrs: one row per raw input (path, size, sha256, status, reason)
-    report                    attrs: the build report (counts, quarantined, timings)
+Where each array lives is `storage.layout`; this module says what the values are.
 """
 
 from __future__ import annotations
@@ -30,6 +17,13 @@ EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
 
 #: Split names; the store holds their index in this tuple.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+#: Binning modes: "time" (equal time windows) or "count" (equal event counts).
+BIN_MODES = ("time", "count")
+#: Static image channels: "gray", or "v" (the V channel of HSV).
+STATIC_MODES = ("gray", "v")
+#: How statics meet the frame size: "resize" to it, or "pad" (centred at native scale).
+STATIC_FITS = ("resize", "pad")
 
 #: Bumped whenever binning or static preprocessing code changes what it outputs,
 #: so that frames made by older code get a different key and are never reused.
@@ -61,11 +55,11 @@ class FrameSpec:
     def __post_init__(self) -> None:
         if self.time_bins < 1:
             raise ValueError(f"time_bins must be >= 1, got {self.time_bins}")
-        if self.mode not in ("time", "count"):
+        if self.mode not in BIN_MODES:
             raise ValueError(f"mode must be 'time' or 'count', got {self.mode!r}")
-        if self.static_mode not in ("gray", "v"):
+        if self.static_mode not in STATIC_MODES:
             raise ValueError(f"static_mode must be 'gray' or 'v', got {self.static_mode!r}")
-        if self.static_fit not in ("resize", "pad"):
+        if self.static_fit not in STATIC_FITS:
             raise ValueError(f"static_fit must be 'resize' or 'pad', got {self.static_fit!r}")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size must be (H, W) with positive sides, got {self.size}")

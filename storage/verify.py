@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from storage.digests import DIGESTS_ATTR, check_array
+from storage import layout
+from storage.digests import check_array
 from storage.reader import DatasetReader
 from storage.schema import EVENT_DTYPE, SPLITS
 
@@ -55,7 +56,7 @@ def verify_store(path: str | Path, snapshot: str | None = None, raw: str | Path 
 
 
 def _check_digests(reader: DatasetReader) -> list[str]:
-    records = reader.attrs.get(DIGESTS_ATTR)
+    records = reader.attrs.get(layout.DIGESTS)
     if not isinstance(records, dict):
         return ["digests: none recorded at build time (rebuild the store to make it verifiable)"]
     faults = []
@@ -80,7 +81,7 @@ def _check_events(reader: DatasetReader) -> list[str]:
     faults = []
     offsets = reader.offsets
     n = reader.n_recordings
-    lengths = {name: reader.root[f"events/{name}"].shape[0] for name in EVENT_DTYPE.names}
+    lengths = {name: reader.root[layout.EVENT_FIELDS[name]].shape[0] for name in EVENT_DTYPE.names}
     if offsets[0] != 0 or np.any(np.diff(offsets) < 0):
         faults.append("events/offsets: not a non-decreasing sequence from 0")
     if any(length != offsets[-1] for length in lengths.values()):
@@ -90,7 +91,7 @@ def _check_events(reader: DatasetReader) -> list[str]:
         faults.append("events/label: length or class index out of range")
     if len(reader.splits) != n or np.any(reader.splits >= len(SPLITS)):
         faults.append("events/split: length or split code out of range")
-    x, y, p = (reader.root[f"events/{name}"][:] for name in ("x", "y", "p"))
+    x, y, p = (reader.root[layout.EVENT_FIELDS[name]][:] for name in ("x", "y", "p"))
     owner = np.repeat(np.arange(n), np.diff(offsets))
     sizes = reader.sensor_sizes
     bad = np.flatnonzero((x >= sizes[owner, 0]) | (y >= sizes[owner, 1]) | (p > 1))
@@ -103,8 +104,7 @@ def _check_frames(reader: DatasetReader) -> list[str]:
     faults = []
     counts = np.diff(reader.offsets)
     for key, spec in reader.frame_keys().items():
-        group = reader.root["frames"][key]
-        events, static = group["events"], group["static"]
+        events, static = reader.root[layout.event_frames(key)], reader.root[layout.static_frames(key)]
         expected = (reader.n_recordings, spec.time_bins, 2, *spec.size)
         if tuple(events.shape) != expected:
             faults.append(f"frames/{key}/events: shape {events.shape} != {expected}")
@@ -134,7 +134,7 @@ def _check_manifest(reader: DatasetReader, raw: str | Path | None) -> list[str]:
     for index, row in enumerate(rows):
         if events_digest(reader.events(index)) != row["data_hash"]:
             faults.append(f"{row['path']}: stored events do not match their recorded hash")
-    recorded = raw or reader.attrs.get("raw_root")
+    recorded = raw or reader.attrs.get(layout.RAW_ROOT)
     root = Path(recorded) if recorded else None
     if root is None or not root.is_dir():
         return faults  # raw inputs not reachable here: the stored data was still checked above

@@ -1,16 +1,17 @@
 """One build = one transaction = one commit.
 
 `Transaction` opens a writable session on the store's branch and a fork of it. Arrays are created
-on the fork, so the fork can be pickled to parallel writers (each writes whole shards and returns
-its fork); `commit` merges the writers' forks first and the coordinator's fork last (its metadata is
-the newest) and commits once. Until then nothing is visible: a build killed half-way leaves the
-previous snapshot as it was.
+on the fork, so a `ShardTarget` can be pickled to parallel writers: each writes whole shards and
+returns a `WriteToken`, an opaque receipt that the coordinator hands back to `merge`. `commit` merges
+the writers' work first and the coordinator's fork last (its metadata is the newest) and commits
+once. Callers never hold an Icechunk session. Until then nothing is visible: a build killed
+half-way leaves the previous snapshot as it was.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from storage.digests import DIGESTS_ATTR, array_record, digest_parts, hash_array, part_count, part_rows
+from storage import layout
+from storage.digests import array_record, digest_parts, hash_array, part_count, part_rows
 from storage.repo import BRANCH, StoreConflict, open_repository, writer_lock
+from storage.schema import FrameSpec
 
 #: Inner chunk and shard sizes along the first axis. Frames: 16 samples a chunk keeps bulk reads
 #: fast, 256 a shard keeps file counts low. Flat event arrays: 256 k events a chunk.
@@ -43,23 +46,36 @@ def shard_rows(kind: str) -> int:
 ANY_PARENT = "any"
 
 
-@dataclass
-class ShardWrite:
-    """What a parallel writer hands back to the transaction: its fork and the digests it wrote."""
+@dataclass(frozen=True)
+class WriteToken:
+    """What one parallel write hands back; only `Transaction.merge` looks inside: the writer's fork
+    and the digests of the shards it wrote (hashed as written, so digests cost no second read)."""
 
     fork: Any
     name: str
     parts: dict[int, str]
 
 
-def write_rows(target: zarr.Array, first: int, values: np.ndarray) -> ShardWrite:
-    """Write ``values`` into ``target`` from row ``first`` (whole shards) on a parallel writer.
+@dataclass(frozen=True)
+class ShardTarget:
+    """One array that parallel writers fill shard by shard; picklable to Dask workers."""
 
-    The values are hashed as they are written, so the build's digests cost no second read.
-    """
-    values = np.asarray(values, dtype=target.dtype)
-    target[first : first + len(values)] = values
-    return ShardWrite(target.store.session, target.path, digest_parts(values, part_rows(target), first))
+    array: zarr.Array
+
+    @property
+    def rows_per_shard(self) -> int:
+        return int(self.array.shards[0])
+
+    @property
+    def rows(self) -> int:
+        return int(self.array.shape[0])
+
+    def write(self, first: int, last: int, data: np.ndarray) -> WriteToken:
+        """Rows ``[first, last)``, whole shards only, so that no two writers touch one shard."""
+        data = np.asarray(data, dtype=self.array.dtype)
+        self.array[first:last] = data
+        parts = digest_parts(data, part_rows(self.array), first)
+        return WriteToken(self.array.store.session, self.array.path, parts)
 
 
 class Transaction:
@@ -71,6 +87,7 @@ class Transaction:
     ``expected_parent``: the branch tip the caller planned on (None: the store held no dataset).
     When the branch has moved since, `StoreConflict` is raised before anything is written, and
     Icechunk refuses the commit if it moves while this transaction writes: the caller plans again.
+    At commit every array's content digests are recorded (`storage.digests`) for `verify`.
     """
 
     def __init__(self, path: str | Path, expected_parent: str | None = ANY_PARENT) -> None:
@@ -88,7 +105,7 @@ class Transaction:
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
-        self._writes: list[ShardWrite] = []
+        self._writes: list[WriteToken] = []
         self._parts: dict[str, dict[int, str]] = {}
         self.started = time.time()
 
@@ -99,7 +116,7 @@ class Transaction:
         self._lock.__exit__(None, None, None)
 
     def create_array(self, name: str, shape: Sequence[int], dtype: Any, kind: str = "samples") -> zarr.Array:
-        """An empty array whose shards parallel writers fill with `write_rows`; see `shard_rows`."""
+        """An empty array whose shards parallel writers fill; see `shard_rows`."""
         shape = tuple(int(s) for s in shape)
         inner = EVENT_CHUNK if kind == "events" else SAMPLE_CHUNK
         rows = max(1, min(shard_rows(kind), shape[0]))
@@ -116,6 +133,10 @@ class Transaction:
             compressors=BULK_CODEC,
         )
 
+    def shard_target(self, name: str, shape: Sequence[int], dtype: Any, kind: str = "samples") -> ShardTarget:
+        """`create_array` for parallel writers: they get a target, and return `WriteToken`s."""
+        return ShardTarget(self.create_array(name, shape, dtype, kind))
+
     def write_array(self, name: str, data: np.ndarray) -> zarr.Array:
         """A small array written at once by the coordinator (labels, offsets, ...)."""
         data = np.asarray(data)
@@ -124,26 +145,43 @@ class Transaction:
         self._parts[array.path] = digest_parts(data, part_rows(array))
         return array
 
-    def add_writes(self, writes: Sequence[ShardWrite]) -> None:
-        """Register what parallel writers wrote (`write_rows`), to be merged at commit."""
-        self._writes.extend(writes)
-        for write in writes:
-            self._parts.setdefault(write.name, {}).update(write.parts)
+    def merge(self, tokens: Iterable[WriteToken]) -> None:
+        """Take in the work of parallel writers (their `ShardTarget.write` tokens) at commit."""
+        for token in tokens:
+            self._writes.append(token)
+            self._parts.setdefault(token.name, {}).update(token.parts)
+
+    def set_frame_spec(self, spec: FrameSpec) -> None:
+        """Describe the frame representation ``spec.key`` (the attrs of its group)."""
+        self.root.require_group(layout.frames_group(spec.key)).attrs.update(spec.to_attrs())
+
+    def set_root_attrs(self, attrs: dict[str, Any]) -> None:
+        """The dataset-wide attributes (JSON values); names outside `layout.ROOT_ATTRS` are refused."""
+        unknown = sorted(set(attrs) - set(layout.ROOT_ATTRS))
+        if unknown:
+            raise KeyError(f"not a root attribute of the store layout: {unknown}")
+        self.root.attrs.update(attrs)
+
+    def set_manifest(self, rows: list[dict[str, Any]]) -> None:
+        self.root.require_group(layout.MANIFEST).attrs[layout.MANIFEST_ROWS] = rows
+
+    def set_report(self, report: dict[str, Any]) -> None:
+        self.root.require_group(layout.REPORT).attrs.update(report)
 
     def commit(self, message: str, metadata: dict[str, Any] | None = None) -> str:
-        """Merge the writers' forks, record every array's digests, and commit once."""
+        """Merge the writers' work, record every array's digests, and commit once."""
         if self._writes:
-            self.session.merge(*[w.fork for w in self._writes])
+            self.session.merge(*(token.fork for token in self._writes))
         self.session.merge(self.fork)
         root = zarr.open_group(self.session.store, mode="r+")
-        root.attrs[DIGESTS_ATTR] = self._records(root)
+        root.attrs[layout.DIGESTS] = self._records(root)
         try:
             return self.session.commit(message, metadata=metadata or {})
         except icechunk.ConflictError as err:
             raise StoreConflict(f"{self.path}: another build committed while this one wrote ({err})") from err
 
     def _records(self, root: zarr.Group) -> dict[str, Any]:
-        """Digest records of every array; arrays written outside `write_rows` are hashed here."""
+        """Digest records of every array; arrays written outside the targets are hashed here."""
         records = {}
         for array in _arrays(root):
             parts = dict(self._parts.get(array.path, {}))

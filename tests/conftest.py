@@ -79,7 +79,7 @@ def _group_alive(pgid: int) -> bool:
 
 def tmkt_command(*args: str) -> list[str]:
     """`tmkt ARGS` through this interpreter (the same venv, no PATH lookup)."""
-    return [sys.executable, "-m", "tmkt.cli", *args]
+    return [sys.executable, "-m", "flows.cli", *args]
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +90,7 @@ def prefect_server() -> Iterator[str]:
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.server import api_healthy, free_port, read_record
+    from flows.server import api_healthy, free_port, process_alive, read_record
 
     home = Path(os.environ["PREFECT_HOME"])
     port = free_port()
@@ -113,8 +113,8 @@ def prefect_server() -> Iterator[str]:
         os.environ.pop("PREFECT_API_URL", None)
         record = read_record(home)
         stopped = subprocess.run(tmkt_command("server", "stop"), cwd=ROOT, capture_output=True, timeout=60)
-        if record is not None and _group_alive(record.pid):  # stop failed: do not leave it running
-            os.killpg(record.pid, signal.SIGKILL)
+        if record is not None and process_alive(record.pid):  # stop failed: do not leave it running
+            os.kill(record.pid, signal.SIGKILL)
             raise AssertionError(f"`tmkt server stop` left the server running: {stopped.stderr!r}")
 
 

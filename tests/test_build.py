@@ -189,7 +189,7 @@ def test_killed_build_leaves_previous_snapshot_and_rerun_completes(tmp_path, cli
     command = [
         sys.executable,
         "-m",
-        "tmkt.cli",
+        "flows.cli",
         "build-dataset",
         "--source",
         "nmnist",
@@ -237,7 +237,7 @@ def test_killed_build_leaves_previous_snapshot_and_rerun_completes(tmp_path, cli
 def test_ingest_bench_reports_every_number(tmp_path):
     import tonic
 
-    from pipelines.bench_ingest import run
+    from benches.ingest import run
 
     files = copy_subset(tmp_path / "raw", 2)
     result = run(tmp_path / "raw", time_bins=10)

@@ -19,7 +19,7 @@ def test_demo_writes_a_consistent_report_and_stops_its_services(tmp_path):
         [
             sys.executable,
             "-m",
-            "tmkt.cli",
+            "flows.cli",
             "demo",
             "--out",
             str(out),

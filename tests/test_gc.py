@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,4 +75,20 @@ def test_expiring_history_keeps_the_latest_snapshot(tmp_path: Path) -> None:
     reader = DatasetReader(store)
     assert reader.snapshot_id == latest and reader.n_recordings == 8
     assert first not in [s["id"] for s in reader.history()]
+    assert verify_store(store) == []
+
+
+def test_cli_gc_reports_and_reclaims(tmp_path: Path) -> None:
+    from tests.conftest import tmkt_command
+
+    store = tmp_path / "s"
+    write_store(store, random_recordings(np.random.default_rng(3), 5), FrameSpec(time_bins=5, size=(34, 34)))
+    subprocess.run([sys.executable, "-c", KILLED_WRITE, str(store)], cwd=ROOT, timeout=120)
+    littered = store_bytes(store)
+    command = tmkt_command("store", "gc", str(store), "--grace-minutes", "0", "--json")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["chunks_deleted"] > 0 and report["dry_run"] is False
+    assert littered - store_bytes(store) >= report["bytes_deleted"] * 0.9
     assert verify_store(store) == []

@@ -318,7 +318,7 @@ def test_real_nmnist_and_mnist_mix_exactly_as_the_reference():
 
 
 def test_torch_baseline_mixes_exactly_like_the_reference():
-    from tmkt.bench_loader import TorchMixer
+    from benches.loader import TorchMixer
 
     data = make_data(n=24)
     indices = np.arange(3, 19)
@@ -340,7 +340,7 @@ def test_torch_baseline_mixes_exactly_like_the_reference():
 def test_loader_bench_reports_every_number(tmp_path):
     import json
 
-    from tmkt.bench_loader import run_loader_bench
+    from benches.loader import run_loader_bench
 
     root = real_data_dir()
     data = make_data(n=64, m=30, T=10, size=(34, 34), classes=10)

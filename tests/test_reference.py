@@ -8,7 +8,7 @@ import torch
 from scipy.stats import chisquare
 
 from tmkt.data import MixData, keep_per_class, static_lut, static_scale_of
-from tmkt.loader import AugmentConfig, Draws
+from tmkt.draws import AugmentConfig, Draws
 from tmkt.reference import apply_mix, expand_static, mix_batch_reference, shift_and_flip
 
 

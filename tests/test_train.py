@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from tmkt.config import TrainConfig, config_with, parse_args
 from tmkt.evaluate import accuracy_on, eval_loader, load_checkpoint
 from tmkt.losses import cka_loss, tet_loss
-from tmkt.methods import He2024, StaticThenEvent, build_method
+from tmkt.methods import He2024, MethodConfig, StaticThenEvent, build_method
 from tmkt.models import ModelConfig, build_model
-from tmkt.train import TrainConfig, config_with, parse_args, train
+from tmkt.train import train
 
 T, H, W = 4, 16, 16
 
@@ -216,17 +217,21 @@ def test_config_file_then_overrides_are_typed(tmp_path):
         config_with(TrainConfig(), {"method": "mixup"})
 
 
+def method_named(name: str, **options):
+    return build_method(MethodConfig(name, **options))
+
+
 def test_methods_need_their_loader_modes_and_heads():
-    assert build_method("tmkt").mode_for_epoch(0, 10) == "mix"
-    assert (build_method("tsm").mag_head, build_method("tsm").mrp_head) == (False, False)
-    assert (build_method("tsm+mag").mag_head, build_method("tsm+mrp").mrp_head) == (True, True)
-    assert build_method("tsm+mag").mrp_head is False
-    finetune = build_method("finetune", finetune_static_fraction=0.3)
+    assert method_named("tmkt").mode_for_epoch(0, 10) == "mix"
+    assert (method_named("tsm").mag_head, method_named("tsm").mrp_head) == (False, False)
+    assert (method_named("tsm+mag").mag_head, method_named("tsm+mrp").mrp_head) == (True, True)
+    assert method_named("tsm+mag").mrp_head is False
+    finetune = method_named("finetune", finetune_static_fraction=0.3)
     assert isinstance(finetune, StaticThenEvent)
     assert [finetune.mode_for_epoch(e, 10) for e in range(10)] == ["static"] * 3 + ["event"] * 7
-    assert build_method("he2024").mode_for_epoch(5, 10) == "pair"
+    assert method_named("he2024").mode_for_epoch(5, 10) == "pair"
     with pytest.raises(ValueError, match="unknown method"):
-        build_method("dann")
+        method_named("dann")
 
 
 def test_he2024_replaces_whole_samples_with_probability_progress_cubed():
@@ -317,7 +322,7 @@ def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
 
 
 def test_bench_train_reports_every_backbone(tmp_path):
-    from tmkt.bench_train import main as bench_main
+    from benches.train import main as bench_main
 
     store = tmp_path / "store"
     data = tiny_data(n_per_class=4)

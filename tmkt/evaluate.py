@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from storage.schema import SPLITS
 from tmkt.models import ModelConfig, SpikingClassifier, build_model
+from tmkt.system import DEVICES
 
 
 class IncompatibleStore(ValueError):
@@ -166,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tmkt eval", description="Accuracy of a checkpoint on a store.")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--store", required=True)
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", choices=SPLITS)
     parser.add_argument("--snapshot", default=None)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     try:

@@ -35,7 +35,7 @@ def run_grid(
     ``parallel`` > 1 trains that many runs at once in separate processes: small spiking nets leave a
     big GPU (or a many-core host) mostly idle, and independent runs fill it.
     """
-    from tmkt.train import TrainConfig, config_with
+    from tmkt.config import TrainConfig, config_with
 
     runs, todo = [], []
     for k in per_class:

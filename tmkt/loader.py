@@ -3,7 +3,7 @@
 How one batch is made:
 
 1. Host (``MixLoader._produce``): the next slice of this rank's shard of the epoch permutation, and the
-   random draws for it (``draw_batch``: paired static per recording, cut point, crop offset, flip)
+   random draws for it (``tmkt.draws.draw_batch``: paired static per recording, cut point, crop offset, flip)
    from a numpy Generator seeded by (seed, epoch, rank). Drawing on the host makes every run
    reproducible and lets tests feed the very same draws to the pure-torch reference
    (``tmkt.reference``) and compare bit for bit. The mask ``t >= t*`` becomes a frame order over
@@ -38,33 +38,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tmkt.data import MixData, StaticsByClass, static_lut
-from tmkt.mixing import mag_targets, mrp_targets, sample_cut, solve_p
+from tmkt.data import MixData, static_lut
+from tmkt.draws import AugmentConfig, MixedBatch, augment_active, draw_batch, frame_orders
+from tmkt.mixing import mag_targets, mrp_targets, solve_p
 
 MODES = ("mix", "event", "static", "pair")
 RESIDENT = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass
-class AugmentConfig:
-    """Random crop with zero padding and horizontal flip, the same for all steps of a sample."""
-
-    crop_padding: int = 4
-    hflip: bool = True
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
-
-    @property
-    def active(self) -> bool:
-        return self.enabled and (self.crop_padding > 0 or self.hflip)
-
-
-def augment_active(augment: AugmentConfig | None) -> bool:
-    return augment is not None and augment.active
 
 
 @dataclass
@@ -89,77 +69,6 @@ class LoaderConfig:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.batch_size < 1 or self.num_threads < 1 or self.prefetch < 1:
             raise ValueError("batch_size, num_threads and prefetch must be >= 1")
-
-
-@dataclass
-class MixedBatch:
-    frames: torch.Tensor  # float32 [B, T, 2, H, W] (mixed, or events/statics by mode)
-    labels: torch.Tensor  # int64 [B]
-    mag: torch.Tensor  # float32 [B, T]   (1 = event frame)
-    mrp: torch.Tensor  # float32 [B]      (event fraction of the sequence)
-    static: torch.Tensor | None = None  # mode "pair": the paired static sequence [B, T, 2, H, W]
-    index: torch.Tensor | None = None  # recording indices (epoch-coverage tests)
-
-
-@dataclass
-class Draws:
-    """The random choices for one batch, made on the host and fed to the graph (and the reference)."""
-
-    static_index: np.ndarray  # int64 [B]: paired static image; -1 where the mode uses none
-    cut: np.ndarray  # int64 [B] in 1..T+1 (T+1 = no cut)
-    offset: np.ndarray  # int32 [B, 2]: crop start (y, x) relative to the frame, in [-pad, pad]
-    flip: np.ndarray  # int32 [B]: 1 = mirror left-right
-
-
-def draw_batch(
-    data: MixData,
-    indices: np.ndarray,
-    p: float,
-    rng: np.random.Generator,
-    augment: AugmentConfig | None,
-    mode: str = "mix",
-    statics: StaticsByClass | None = None,
-) -> Draws:
-    """All draws for one batch, always in the same order, so one Generator state gives one batch.
-
-    Mode "event" and "pair" fix the cut at 1 (all events), "static" at T+1 (all static).
-    """
-    indices = np.asarray(indices, dtype=np.int64)
-    n, T = len(indices), data.time_steps
-    if mode == "event":
-        static_index = np.full(n, -1, dtype=np.int64)
-    else:
-        statics = statics if statics is not None else data.statics_by_class()
-        static_index = statics.pick(data.event_labels[indices], rng.random(n))
-    if mode == "mix":
-        cut = sample_cut(p, T, n, rng)
-    else:
-        cut = np.full(n, T + 1 if mode == "static" else 1, dtype=np.int64)
-    offset = np.zeros((n, 2), dtype=np.int32)
-    flip = np.zeros(n, dtype=np.int32)
-    if augment_active(augment):
-        pad = augment.crop_padding
-        # floats then floor: uniform on the 2*pad+1 integers -pad..pad
-        offset = (np.floor(rng.random((n, 2)) * (2 * pad + 1)) - pad).astype(np.int32)
-        if augment.hflip:
-            flip = (rng.random(n) < 0.5).astype(np.int32)
-    return Draws(static_index=static_index, cut=cut, offset=offset, flip=flip)
-
-
-def frame_orders(cut: np.ndarray, T: int, mode: str) -> np.ndarray:
-    """int32 ``[B, T]``: which input frame becomes each output step, the mask ``t >= t*`` as an order.
-
-    The graph's input per sample is ``[e_1..e_T, s]`` (modes mix and pair), ``[e_1..e_T]`` (event) or
-    ``[s]`` (static). Mix takes ``e_t`` (index ``t-1``) where ``t >= t*`` and ``s`` (index ``T``)
-    elsewhere; event takes every ``e_t``; static and the paired sequence of mode pair repeat ``s``.
-    """
-    steps = np.arange(1, T + 1, dtype=np.int32)
-    cut = np.asarray(cut, dtype=np.int32)[:, None]
-    if mode == "mix":
-        return np.where(steps >= cut, steps - 1, T).astype(np.int32)
-    if mode == "static":
-        return np.zeros((len(cut), T), dtype=np.int32)
-    return np.tile(steps - 1, (len(cut), 1))
 
 
 def build_mix_graph(

@@ -95,11 +95,14 @@ class RatioSchedule:
     ``linear``, ``cosine`` and ``power`` move from ``start`` to ``end``; ``cosine`` eases in and out,
     ``power`` stays near ``start`` for longer (``progress ** power``), so the network sees mostly
     static frames early. ``constant`` always returns ``start``.
+
+    The defaults are the trainer's: linear 0.25 -> 1.0 (from mostly static to all events, so
+    BatchNorm ends on event statistics) beat constant 0.5 on N-MNIST validation.
     """
 
-    kind: str = "constant"
-    start: float = 0.5
-    end: float = 0.5
+    kind: str = "linear"
+    start: float = 0.25
+    end: float = 1.0
     power: float = 2.0
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""Learning curves and result tables over run directories written by ``tmkt.train``.
+"""Learning curves and result tables over run directories written by ``tmkt.train``, and the
+pictures of a report (the r_m schedule of a run, example static, event and mixed frames).
 
 Runs are grouped by method (``method/tag`` when the run's config has a ``tag``), so several seeds
 of one method become one curve and one table row: mean and spread over seeds.
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -118,3 +120,88 @@ def results_table(run_dirs: list[Path]) -> str:
         test = _cell([r.test_accuracy for r in runs])
         lines.append(f"| {method} | {len(runs)} | {val} | {test} |")
     return "\n".join(lines) + "\n"
+
+
+def example_frames_png(store: str | Path, out_png: str | Path, cut: int | None = None, seed: int = 0) -> Path:
+    """One training recording, a static image of its class, and their mix at cut ``t*`` (rows)."""
+    import torch
+
+    from tmkt.data import MixData, static_lut
+    from tmkt.reference import apply_mix, expand_static
+
+    data = MixData.from_store(store, split="train")
+    rng = np.random.default_rng(seed)
+    index = int(rng.integers(len(data.event_labels)))
+    label = data.event_labels[index]
+    candidates = np.flatnonzero(data.static_labels == label)
+    static = static_lut(data.static_scale)[data.static_frames[rng.choice(candidates)]]
+    T = data.time_steps
+    cut = cut or T // 2 + 1
+    events = torch.from_numpy(data.event_frames[index : index + 1].astype(np.float32))
+    statics = expand_static(torch.from_numpy(static[None]), T)
+    mixed = apply_mix(statics, events, torch.tensor([cut]))
+    rows = {"static": statics[0], "event": events[0], f"mixed (t* = {cut})": mixed[0]}
+    vmax = float(max(data.static_scale, 1.0))
+    fig, axes = plt.subplots(3, T, figsize=(1.3 * T, 4.4), squeeze=False)
+    for r, (name, seq) in enumerate(rows.items()):
+        for t in range(T):
+            ax = axes[r][t]
+            # ON minus OFF shows polarity; a static frame is the same in both channels, so show one
+            image = seq[t, 0] if name == "static" else seq[t, 1] - seq[t, 0]
+            if name.startswith("mixed") and t + 1 < cut:
+                image = seq[t, 0]
+            ax.imshow(
+                image.numpy(),
+                cmap="gray" if image.min() >= 0 else "bwr",
+                vmin=-vmax if image.min() < 0 else 0,
+                vmax=vmax,
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"t={t + 1}", fontsize=8)
+        axes[r][0].set_ylabel(name, fontsize=8)
+    fig.suptitle(f"class {label}: static before t*, events from t* on", fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def ratio_schedule_png(config: dict[str, Any], out_png: str | Path, time_steps: int) -> Path:
+    """Target event ratio r_m and the mixing probability p over training, as the trainer uses them:
+    the schedule is the run's (its recorded ``config``, defaults from `TrainConfig`)."""
+    from tmkt.config import TrainConfig, config_with
+    from tmkt.mixing import solve_p
+
+    known = {f.name for f in fields(TrainConfig)}
+    schedule = config_with(TrainConfig(), {k: v for k, v in config.items() if k in known}).schedule()
+    progress = np.linspace(0.0, 1.0, 201)
+    ratio = np.array([schedule(x) for x in progress])
+    p = np.array([solve_p(r, time_steps) for r in ratio])
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(progress, ratio, label="r_m (expected event fraction)")
+    ax.plot(progress, p, "--", label=f"p (cut-point law, T={time_steps})")
+    ax.set_xlabel("training progress")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"r_m schedule: {schedule.kind} {schedule.start:g} -> {schedule.end:g}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def report_pictures(store: str | Path, run_config: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    """The pictures of a run's report, in ``out``: the r_m schedule of the run (``run_config``, the
+    ``config`` of its result.json) at the store's T, and example static, event and mixed frames."""
+    from storage.reader import DatasetReader
+
+    out = Path(out)
+    time_steps = DatasetReader(store).frame_spec().time_bins
+    return {
+        "schedule": ratio_schedule_png(run_config, out / "ratio_schedule.png", time_steps),
+        "frames": example_frames_png(store, out / "frames.png"),
+    }

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from tmkt.data import MixData, static_lut
-from tmkt.loader import AugmentConfig, Draws, MixedBatch, augment_active, draw_batch
+from tmkt.draws import AugmentConfig, Draws, MixedBatch, augment_active, draw_batch
 from tmkt.mixing import mag_targets, mrp_targets, solve_p
 
 

@@ -3,8 +3,10 @@
     tmkt train --store PATH --method tmkt --out runs/tmkt-s0 [--config cfg.toml] [key=value ...]
     torchrun --nproc-per-node 2 -m tmkt.train --store PATH --method tmkt --out runs/ddp
 
-Configuration: the ``TrainConfig`` defaults, then ``--config FILE`` (JSON or TOML), then the named
-flags, then ``key=value`` overrides typed by the dataclass fields. Validation data is the store's
+Configuration (`tmkt.config`): the ``TrainConfig`` defaults, then ``--config FILE`` (JSON or TOML),
+then the named flags, then ``key=value`` overrides typed by the dataclass fields; ``tmkt train --help``
+lists every key. Run records are `tmkt.records`, device and RNG helpers `tmkt.system`; this module is
+the loop. Validation data is the store's
 "val" split (the split is made once, when the store is built, so every method and seed sees the same
 one); the "test" split, when the store has one, is evaluated once at the end.
 
@@ -20,261 +22,43 @@ batches already trained on are skipped, so a resumed run continues exactly as an
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
-import random
-import socket
 import sys
 import time
-import tomllib
-import typing
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from tmkt.config import TrainConfig, parse_args
 from tmkt.evaluate import accuracy_on, checkpoint_metadata, eval_loader
-from tmkt.methods import METHOD_NAMES, build_method
-from tmkt.mixing import RatioSchedule
-from tmkt.models import ModelConfig, build_model
-
-
-@dataclass
-class TrainConfig:
-    # data
-    store: str = ""  # dataset store path (Icechunk repository)
-    snapshot: str = ""  # pinned snapshot id; "" = the latest at start (recorded in run.json)
-    frames_key: str = ""  # frame representation; "" = the store's default (T and size come from it)
-    max_recordings_per_class: int = 0  # 0 = all training recordings
-    # method
-    method: str = "tmkt"
-    # RatioSchedule of r_m over training: constant|linear|cosine|power. Linear 0.25 -> 1.0 (from mostly
-    # static to all events, so BatchNorm ends on event statistics) beat constant 0.5 on N-MNIST validation.
-    ratio_kind: str = "linear"
-    ratio_start: float = 0.25
-    ratio_end: float = 1.0
-    ratio_power: float = 2.0
-    l_mag: float = 0.1  # MAG at 1.0 let the net silence event features on N-MNIST (val at chance)
-    l_mrp: float = 0.1
-    l_cka: float = 1.0
-    tet_mse_weight: float = 0.0
-    finetune_static_fraction: float = 0.5
-    # model
-    backbone: str = "auto"  # vgg_snn | resnet18 | small; auto = vgg_snn on a GPU, small on a CPU
-    neuron: str = "lif"
-    tau: float = 2.0
-    surrogate: str = "atan"
-    width: float = 1.0
-    # optimisation
-    out: str = "runs/default"
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 64  # per process
-    eval_batch_size: int = 0  # 0 = batch_size
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
-    cosine_lr: bool = True
-    warmup_steps: int = 0
-    grad_clip: float = 0.0  # 0 = off
-    augment: bool = True
-    crop_padding: int = 4  # random crop with this much zero padding (augment)
-    # random horizontal flip (augment): on for object datasets (CIFAR10-DVS, N-Caltech101); off by default
-    # because a mirror changes the class of digits and of left/right gestures
-    hflip: bool = False
-    # system
-    # auto = bf16 on CUDA, off on CPU. Seen on an H200 (VGG-SNN, T=10, 48x48, batch 64): bf16 halves
-    # the memory but eager steps ran ~20% slower than fp32 (the neurons' elementwise ops dominate);
-    # compile=true with bf16 ran 1.9x faster than eager bf16 after ~100 s of compilation.
-    amp: str = "auto"  # auto | bf16 | off
-    compile: bool = False
-    device: str = "auto"  # auto | cpu | cuda
-    num_threads: int = 2  # loader threads
-    checkpoint_every: int = 500  # steps; 0 = only at the end
-    resume: bool = False
-    max_steps: int = 0  # stop after this many steps (schedules still span all epochs); 0 = off
-    log_every: int = 10
-    progress_bar: bool = True
-    record_indices: bool = False  # write the sample indices each rank trained on (checks sharding)
-    tag: str = ""  # free label; plots group runs by method/tag (e.g. ratio-schedule variants)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHOD_NAMES:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {METHOD_NAMES}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        if self.amp not in ("auto", "bf16", "off"):
-            raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-
-    def model_config(self, mag_head: bool, mrp_head: bool) -> ModelConfig:
-        return ModelConfig(
-            self.backbone, self.neuron, self.tau, self.surrogate, self.width, mag_head, mrp_head
-        )
-
-    def schedule(self) -> RatioSchedule:
-        return RatioSchedule(self.ratio_kind, self.ratio_start, self.ratio_end, self.ratio_power)
-
-
-# ---------------------------------------------------------------------------------------------
-# configuration from files and key=value overrides
-
-
-def _parse_value(text: str, kind: Any, key: str) -> Any:
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"config key {key!r} expects a boolean, got {text!r}")
-    try:
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"config key {key!r} expects {kind.__name__}, got {text!r}") from None
-
-
-def config_with(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
-    """``base`` with ``values`` applied; strings are converted to the field's type; unknown keys fail."""
-    hints = typing.get_type_hints(TrainConfig)
-    unknown = sorted(set(values) - set(hints))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(hints)}")
-    typed = {}
-    for key, value in values.items():
-        kind = hints[key]
-        if isinstance(value, str) and kind is not str:
-            value = _parse_value(value, kind, key)
-        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(f"config key {key!r} expects {kind.__name__}, got {value!r}")
-        typed[key] = value
-    return dataclasses.replace(base, **typed)
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A flat mapping of TrainConfig keys from a JSON or TOML file (by extension)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    if path.suffix == ".toml":
-        return tomllib.loads(path.read_text())
-    if path.suffix == ".json":
-        values = json.loads(path.read_text())
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a JSON object of config keys")
-        return values
-    raise ValueError(f"{path}: config files must end in .json or .toml")
-
-
-def parse_args(argv: list[str] | None) -> TrainConfig:
-    parser = argparse.ArgumentParser(prog="tmkt train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store")
-    parser.add_argument("--method", choices=METHOD_NAMES)
-    parser.add_argument("--out")
-    parser.add_argument("--config", help="JSON or TOML file of TrainConfig keys")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--backbone")
-    parser.add_argument("--max-recordings-per-class", dest="max_recordings_per_class", type=int)
-    parser.add_argument("--resume", action="store_true", default=None)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    flags = ("store", "method", "out", "seed", "epochs", "backbone", "max_recordings_per_class", "resume")
-    values.update({k: getattr(args, k) for k in flags if getattr(args, k) is not None})
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"expected key=value, got {item!r}")
-        values[key.strip().replace("-", "_")] = value
-    cfg = config_with(TrainConfig(), values)
-    if not cfg.store:
-        parser.error("--store is required")
-    return cfg
-
-
-# ---------------------------------------------------------------------------------------------
-# system: distributed, device, precision, RNG
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_kind: str) -> Dist:
-    """Join the torchrun process group when RANK/WORLD_SIZE are set (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return Dist(rank, world, local)
-
-
-class DeviceUnavailable(RuntimeError):
-    """The configured device is not on this machine (printed as one line by the CLI)."""
-
-
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable(
-            "device=cuda asked for, but this machine has no usable CUDA GPU (use device=cpu)"
-        )
-    if name == "cuda":
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def amp_context(cfg: TrainConfig, device: torch.device):
-    use = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use else nullcontext()
-
-
-def rng_state() -> dict[str, Any]:
-    """Every generator's state as tensors and plain values, so a checkpoint loads with
-    ``torch.load(weights_only=True)``: unpickling arbitrary objects would run code from the file."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+from tmkt.methods import Method, build_method
+from tmkt.models import build_model
+from tmkt.records import (
+    MetricsLog,
+    host_record,
+    load_resume_state,
+    save_resume_state,
+    save_weights,
+    write_json,
+)
+from tmkt.system import (
+    Dist,
+    amp_context,
+    device_kind,
+    gather_rng,
+    model_for_eval,
+    resolve_device,
+    seed_all,
+    set_rng_state,
+    setup_distributed,
+    to_device,
+)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -364,87 +148,46 @@ def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.dev
 
 
 # ---------------------------------------------------------------------------------------------
-# records
-
-
-def host_record(cfg: TrainConfig, snapshot: str, ddp: Dist, device: torch.device) -> dict[str, Any]:
-    import spikingjelly
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    versions["spikingjelly"] = getattr(spikingjelly, "__version__", "unknown")
-    try:
-        import nvidia.dali as dali
-
-        versions["dali"] = dali.__version__
-    except ImportError:
-        versions["dali"] = None
-    return {
-        "config": asdict(cfg),
-        "store": cfg.store,
-        "store_snapshot": snapshot,
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "world_size": ddp.world_size,
-        "versions": versions,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-class MetricsLog:
-    """JSON lines + TensorBoard, written by rank 0 only. Counts lines so resume can cut stale ones."""
-
-    def __init__(self, out: Path, enabled: bool, keep_lines: int | None) -> None:
-        self.enabled = enabled
-        self.path = out / "metrics.jsonl"
-        self.lines = 0
-        self.tb = None
-        if not enabled:
-            return
-        if keep_lines is not None and self.path.exists():
-            # Rows written after the checkpoint we resume from will be written again.
-            kept = self.path.read_text().splitlines()[:keep_lines]
-            self.path.write_text("".join(line + "\n" for line in kept))
-            self.lines = len(kept)
-        elif self.path.exists():
-            self.path.unlink()
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(out / "tb"))
-
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        self.lines += 1
-        for key, value in row.items():
-            if key not in ("step", "epoch") and isinstance(value, int | float) and value is not None:
-                self.tb.add_scalar(key, value, row["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def gather_rng(ddp: Dist) -> list[dict[str, Any]]:
-    """Every rank's RNG state (rank order), so that a resumed DDP run replays each rank's draws."""
-    if ddp.world_size == 1:
-        return [rng_state()]
-    states: list[Any] = [None] * ddp.world_size
-    dist.all_gather_object(states, rng_state())
-    return states
-
-
-# ---------------------------------------------------------------------------------------------
 # the loop
+
+
+@dataclass
+class Run:
+    """Everything one training run holds while it runs."""
+
+    cfg: TrainConfig
+    ddp: Dist
+    device: torch.device
+    out: Path
+    ds: Datasets
+    method: Method
+    raw_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loaders: dict[str, Any]  # loader mode -> MixLoader
+    modes: list[str]  # loader mode of each epoch
+    epoch_steps: list[int]
+    model: torch.nn.Module | None = None  # raw_model, compiled and/or under DDP
+    log: MetricsLog | None = None
+    val: Any = None
+    seen: Any = None  # file of trained sample indices (record_indices)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.epoch_steps)
+
+
+@dataclass
+class Progress:
+    """Where a run is; a checkpoint saves it and a resume restores it."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # batches of this epoch already trained on
+    resumed_lines: int | None = None  # metrics rows kept on resume; None: a fresh run
+    stopped: bool = False  # max_steps ended the run before its last epoch
+    val_accuracy: float | None = None
+    train_time: float = 0.0
+    train_samples: int = 0
 
 
 def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[str, Any]:
@@ -453,167 +196,197 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
     ``data`` (a ``tmkt.data.MixData``) bypasses the store, for tests and notebooks; ``val_data`` and
     ``test_data`` are then optional.
     """
-    device_kind = (
-        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
-    ddp = setup_distributed(device_kind)
+    ddp = setup_distributed(device_kind(cfg.device))
     device = resolve_device(cfg.device, ddp.local_rank)
     if cfg.backbone == "auto":  # recorded resolved, so result.json and checkpoints name the real model
         cfg = dataclasses.replace(cfg, backbone="vgg_snn" if device.type == "cuda" else "small")
-    torch.manual_seed(cfg.seed + ddp.rank)
-    np.random.seed(cfg.seed + ddp.rank)
-    random.seed(cfg.seed + ddp.rank)
+    seed_all(cfg.seed + ddp.rank)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-
     ds = in_memory_datasets(data, val_data, test_data) if data is not None else load_datasets(cfg)
-    T, H, W = ds.train.event_frames.shape[1], ds.train.event_frames.shape[3], ds.train.event_frames.shape[4]
-    method = build_method(
-        cfg.method,
-        cfg.schedule(),
-        cfg.l_mag,
-        cfg.l_mrp,
-        cfg.l_cka,
-        cfg.finetune_static_fraction,
-        cfg.tet_mse_weight,
-    )
-    model_cfg = cfg.model_config(method.mag_head, method.mrp_head)
-    raw_model = build_model(model_cfg, ds.train.num_classes, T).to(device)
-    optimizer = make_optimizer(raw_model, cfg)
-
-    loaders: dict[str, Any] = {}
-    modes = [method.mode_for_epoch(e, cfg.epochs) for e in range(cfg.epochs)]
-    for mode in dict.fromkeys(modes):
-        loaders[mode] = train_loader(ds.train, cfg, mode, ddp, device)
-    epoch_steps = [len(loaders[m]) for m in modes]
-    total_steps = sum(epoch_steps)
-
-    step, epoch, position, resumed_lines = 0, 0, 0, None
-    ckpt_path = out / "ckpt.pt"
-    if cfg.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, epoch, position = ckpt["step"], ckpt["epoch"], ckpt["position"]
-        resumed_lines = ckpt["metrics_lines"]
-        states = ckpt["rng"]
-        set_rng_state(states[ddp.rank] if ddp.rank < len(states) else states[0])
-
-    model: torch.nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
-    if ddp.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    log = MetricsLog(out, ddp.is_main, resumed_lines)
-    if ddp.is_main and resumed_lines is None:
-        write_json(out / "run.json", host_record(cfg, ds.snapshot, ddp, device))
-    seen = None
-    if cfg.record_indices:
-        seen = (out / f"indices_rank{ddp.rank}.jsonl").open("a" if resumed_lines is not None else "w")
-    val = eval_loader(ds.val, cfg.eval_batch_size or cfg.batch_size, device) if ds.val is not None else None
-
-    def save_ckpt(epoch_: int, position_: int) -> None:
-        states = gather_rng(ddp)  # collective: every rank calls it
-        if ddp.is_main:
-            payload = {
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "epoch": epoch_,
-                "position": position_,
-                "rng": states,
-                "metrics_lines": log.lines,
-                "config": asdict(cfg),
-            }
-            torch.save(payload, out / "ckpt.tmp")
-            os.replace(out / "ckpt.tmp", ckpt_path)
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_steps, initial=step, disable=not (cfg.progress_bar and ddp.is_main), unit="step")
-    train_time, train_samples, val_accuracy, stopped = 0.0, 0, None, False
-    model.train()
-    while epoch < cfg.epochs and not stopped:
-        loader = loaders[modes[epoch]]
-        loader.set_epoch(epoch)
-        first_step = sum(epoch_steps[:epoch])
-        if position < epoch_steps[epoch]:
-            batches = iter(loader)
-            for i in range(epoch_steps[epoch]):
-                progress = (first_step + i) / total_steps
-                r_m = method.on_step(loader, progress)
-                t0 = time.perf_counter()
-                batch = next(batches)
-                if i < position:
-                    continue  # replaying the interrupted epoch up to where the checkpoint was taken
-                t1 = time.perf_counter()
-                batch = to_device(batch, device)
-                lr = lr_at(step, total_steps, cfg)
-                losses = optimize(model, method, optimizer, batch, progress, lr, cfg, device)
-                step, position = step + 1, i + 1
-                if seen is not None and batch.index is not None:
-                    seen.write(json.dumps({"step": step, "index": batch.index.tolist()}) + "\n")
-                logging = step % cfg.log_every == 0 or step == total_steps
-                # float() waits for the device, so timings of logged steps are complete
-                row = {k: float(v.detach()) for k, v in losses.items()} if logging else {}
-                dt = time.perf_counter() - t0
-                n = batch.labels.shape[0] * ddp.world_size
-                train_time, train_samples = train_time + dt, train_samples + n
-                bar.update(1)
-                if logging:
-                    row.update(step=step, epoch=epoch, lr=lr, samples_per_s=n / dt)
-                    row.update(data_wait_fraction=(t1 - t0) / dt, r_m=r_m)
-                    log.write(row)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{n / dt:.0f}")
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    save_ckpt(epoch, position)
-                if cfg.max_steps and step >= cfg.max_steps:
-                    stopped = position < epoch_steps[epoch]
-                    break
-        if stopped:
-            break
-        if val is not None and ddp.is_main:
-            val_accuracy, n_val = accuracy_on(model_for_eval(model), val, device, amp_context(cfg, device))
-            log.write({"step": step, "epoch": epoch, "val_accuracy": val_accuracy, "val_n": n_val})
-            model.train()
-        epoch, position = epoch + 1, 0
-        if cfg.max_steps and step >= cfg.max_steps:
-            stopped = epoch < cfg.epochs
-    bar.close()
-    if seen is not None:
-        seen.close()
-    save_ckpt(epoch, position)
-
-    result: dict[str, Any] = {}
-    if ddp.is_main:
-        test_accuracy = None
-        if ds.test is not None and not stopped:
-            test = eval_loader(ds.test, cfg.eval_batch_size or cfg.batch_size, device)
-            test_accuracy, _ = accuracy_on(raw_model, test, device, amp_context(cfg, device))
-        meta = checkpoint_metadata(model_cfg, ds.classes, ds.frames_key, T, (H, W), cfg.method, ds.snapshot)
-        torch.save(
-            {"model": {k: v.detach().cpu() for k, v in raw_model.state_dict().items()}, "meta": meta},
-            out / "checkpoint.pt",
-        )
-        result = {
-            "method": cfg.method,
-            "seed": cfg.seed,
-            "val_accuracy": val_accuracy,
-            "test_accuracy": test_accuracy,
-            "epochs": epoch,
-            "steps": step,
-            "completed": not stopped,
-            "samples_per_s": train_samples / train_time if train_time else None,
-            "store": cfg.store,
-            "store_snapshot": ds.snapshot,
-            "backbone": cfg.backbone,
-            "world_size": ddp.world_size,
-            "device": str(device),
-            "config": asdict(cfg),
-        }
-        write_json(out / "result.json", result)
-    log.close()
+    run = prepare(cfg, ddp, device, out, ds)
+    progress = resume(run)
+    open_outputs(run, progress)
+    train_epochs(run, progress)
+    save_checkpoint(run, progress)
+    result = finish(run, progress) if ddp.is_main else {}
+    run.log.close()
     if ddp.world_size > 1:
         dist.barrier()
+    return result
+
+
+def prepare(cfg: TrainConfig, ddp: Dist, device: torch.device, out: Path, ds: Datasets) -> Run:
+    """The method, the model on ``device``, its optimizer, and one loader per loader mode."""
+    T = ds.train.event_frames.shape[1]
+    method = build_method(cfg.method_config())
+    raw_model = build_model(cfg.model_config(method.mag_head, method.mrp_head), ds.train.num_classes, T)
+    raw_model = raw_model.to(device)
+    optimizer = make_optimizer(raw_model, cfg)
+    modes = [method.mode_for_epoch(e, cfg.epochs) for e in range(cfg.epochs)]
+    loaders = {mode: train_loader(ds.train, cfg, mode, ddp, device) for mode in dict.fromkeys(modes)}
+    epoch_steps = [len(loaders[m]) for m in modes]
+    return Run(cfg, ddp, device, out, ds, method, raw_model, optimizer, loaders, modes, epoch_steps)
+
+
+def resume(run: Run) -> Progress:
+    """A fresh start, or (``resume=true`` and a checkpoint) exactly where the checkpoint was taken."""
+    state = load_resume_state(run.out, run.device) if run.cfg.resume else None
+    if state is None:
+        return Progress()
+    run.raw_model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    states = state["rng"]
+    set_rng_state(states[run.ddp.rank] if run.ddp.rank < len(states) else states[0])
+    return Progress(state["step"], state["epoch"], state["position"], state["metrics_lines"])
+
+
+def open_outputs(run: Run, progress: Progress) -> None:
+    """Compile and wrap the model, open the metrics log, write run.json, make the validation loader."""
+    cfg, ddp, device = run.cfg, run.ddp, run.device
+    model: torch.nn.Module = torch.compile(run.raw_model) if cfg.compile else run.raw_model
+    if ddp.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run.model = model
+    run.log = MetricsLog(run.out, ddp.is_main, progress.resumed_lines)
+    if ddp.is_main and progress.resumed_lines is None:
+        write_json(run.out / "run.json", host_record(cfg, run.ds.snapshot, ddp, device))
+    if cfg.record_indices:
+        mode = "a" if progress.resumed_lines is not None else "w"
+        run.seen = (run.out / f"indices_rank{ddp.rank}.jsonl").open(mode)
+    if run.ds.val is not None:
+        run.val = eval_loader(run.ds.val, cfg.eval_batch_size or cfg.batch_size, device)
+
+
+def save_checkpoint(run: Run, progress: Progress) -> None:
+    states = gather_rng(run.ddp)  # collective: every rank calls it
+    if run.ddp.is_main:
+        payload = {
+            "model": run.raw_model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "step": progress.step,
+            "epoch": progress.epoch,
+            "position": progress.position,
+            "rng": states,
+            "metrics_lines": run.log.lines,
+            "config": asdict(run.cfg),
+        }
+        save_resume_state(run.out, payload)
+
+
+def train_epochs(run: Run, progress: Progress) -> None:
+    """Epochs from ``progress`` on, validating after each, until the last or ``max_steps``."""
+    from tqdm import tqdm
+
+    cfg = run.cfg
+    show = cfg.progress_bar and run.ddp.is_main
+    bar = tqdm(total=run.total_steps, initial=progress.step, disable=not show, unit="step")
+    run.model.train()
+    while progress.epoch < cfg.epochs and not progress.stopped:
+        progress.stopped = train_epoch(run, progress, bar)
+        if progress.stopped:
+            break
+        if run.val is not None and run.ddp.is_main:
+            validate(run, progress)
+        progress.epoch, progress.position = progress.epoch + 1, 0
+        if cfg.max_steps and progress.step >= cfg.max_steps:
+            progress.stopped = progress.epoch < cfg.epochs
+    bar.close()
+    if run.seen is not None:
+        run.seen.close()
+
+
+def train_epoch(run: Run, progress: Progress, bar: Any) -> bool:
+    """The rest of epoch ``progress.epoch``; True when ``max_steps`` stopped it before its end.
+
+    A resumed epoch is replayed from its start (the same draws, the same ratios) and the batches
+    already trained on are skipped.
+    """
+    cfg, epoch = run.cfg, progress.epoch
+    steps = run.epoch_steps[epoch]
+    if progress.position >= steps:
+        return False
+    loader = run.loaders[run.modes[epoch]]
+    loader.set_epoch(epoch)
+    first_step = sum(run.epoch_steps[:epoch])
+    batches = iter(loader)
+    for i in range(steps):
+        fraction = (first_step + i) / run.total_steps
+        r_m = run.method.on_step(loader, fraction)
+        t0 = time.perf_counter()
+        batch = next(batches)
+        if i < progress.position:
+            continue  # replaying the interrupted epoch up to where the checkpoint was taken
+        train_step(run, progress, batch, fraction, r_m, t0, i, bar)
+        if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
+            save_checkpoint(run, progress)
+        if cfg.max_steps and progress.step >= cfg.max_steps:
+            return progress.position < steps
+    return False
+
+
+def train_step(
+    run: Run, progress: Progress, batch: Any, fraction: float, r_m: Any, t0: float, i: int, bar: Any
+) -> None:
+    """One optimizer step on batch ``i`` of the epoch, and its metrics row every ``log_every`` steps."""
+    cfg = run.cfg
+    t1 = time.perf_counter()
+    batch = to_device(batch, run.device)
+    lr = lr_at(progress.step, run.total_steps, cfg)
+    losses = optimize(run.model, run.method, run.optimizer, batch, fraction, lr, cfg, run.device)
+    progress.step, progress.position = progress.step + 1, i + 1
+    if run.seen is not None and batch.index is not None:
+        run.seen.write(json.dumps({"step": progress.step, "index": batch.index.tolist()}) + "\n")
+    logging = progress.step % cfg.log_every == 0 or progress.step == run.total_steps
+    # float() waits for the device, so timings of logged steps are complete
+    row = {k: float(v.detach()) for k, v in losses.items()} if logging else {}
+    dt = time.perf_counter() - t0
+    n = batch.labels.shape[0] * run.ddp.world_size
+    progress.train_time, progress.train_samples = progress.train_time + dt, progress.train_samples + n
+    bar.update(1)
+    if logging:
+        row.update(step=progress.step, epoch=progress.epoch, lr=lr, samples_per_s=n / dt)
+        row.update(data_wait_fraction=(t1 - t0) / dt, r_m=r_m)
+        run.log.write(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{n / dt:.0f}")
+
+
+def validate(run: Run, progress: Progress) -> None:
+    model = model_for_eval(run.model)
+    accuracy, n_val = accuracy_on(model, run.val, run.device, amp_context(run.cfg.amp, run.device))
+    progress.val_accuracy = accuracy
+    run.log.write({"step": progress.step, "epoch": progress.epoch, "val_accuracy": accuracy, "val_n": n_val})
+    run.model.train()
+
+
+def finish(run: Run, progress: Progress) -> dict[str, Any]:
+    """Rank 0: the test accuracy (of a completed run), checkpoint.pt and result.json."""
+    cfg, ds, device = run.cfg, run.ds, run.device
+    test_accuracy = None
+    if ds.test is not None and not progress.stopped:
+        test = eval_loader(ds.test, cfg.eval_batch_size or cfg.batch_size, device)
+        test_accuracy, _ = accuracy_on(run.raw_model, test, device, amp_context(cfg.amp, device))
+    T, _, H, W = ds.train.event_frames.shape[1:]
+    model_cfg = cfg.model_config(run.method.mag_head, run.method.mrp_head)
+    meta = checkpoint_metadata(model_cfg, ds.classes, ds.frames_key, T, (H, W), cfg.method, ds.snapshot)
+    save_weights(run.out, run.raw_model, meta)
+    result = {
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "val_accuracy": progress.val_accuracy,
+        "test_accuracy": test_accuracy,
+        "epochs": progress.epoch,
+        "steps": progress.step,
+        "completed": not progress.stopped,
+        "samples_per_s": progress.train_samples / progress.train_time if progress.train_time else None,
+        "store": cfg.store,
+        "store_snapshot": ds.snapshot,
+        "backbone": cfg.backbone,
+        "world_size": run.ddp.world_size,
+        "device": str(device),
+        "config": asdict(cfg),
+    }
+    write_json(run.out / "result.json", result)
     return result
 
 
@@ -621,7 +394,7 @@ def optimize(model, method, optimizer, batch, progress: float, lr: float, cfg: T
     """One optimizer step on ``batch``; returns the method's losses (``"loss"`` still attached)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with amp_context(cfg, device):
+    with amp_context(cfg.amp, device):
         losses = method.loss(model, batch, progress)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
@@ -631,23 +404,9 @@ def optimize(model, method, optimizer, batch, progress: float, lr: float, cfg: T
     return losses
 
 
-def model_for_eval(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under DDP, so evaluation on rank 0 alone triggers no collective."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def to_device(batch, device: torch.device):
-    """The batch with every tensor on ``device`` (a no-op for tensors the loader already put there)."""
-    moved = {}
-    for f in dataclasses.fields(batch):
-        value = getattr(batch, f.name)
-        moved[f.name] = value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-    return dataclasses.replace(batch, **moved)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg = parse_args(argv)
+        cfg = parse_args(argv, __doc__.split("\n\n")[0])
     except (ValueError, FileNotFoundError) as err:  # bad config: one line, no traceback
         print(f"tmkt train: error: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """`tmkt`: the command line of the whole system.
 
-This module is the entry layer: it may reach every package (the library modules of `tmkt` itself
-depend on `storage` only). Heavy imports happen inside each command so `tmkt --help` stays fast.
+This module is the top floor: it may reach `flows`, `pipelines`, `storage` and `tmkt`, and names the
+`benches` modules that `tmkt bench NAME` runs. Nothing imports it, so the packages below keep their
+one direction of dependency. Heavy imports happen inside each command so `tmkt --help` stays fast.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ PASSTHROUGH: dict[str, tuple[str, str]] = {
     "demo": ("flows.demo", "the main job end to end on built-in data, with a report"),
 }
 BENCHES: dict[str, tuple[str, str]] = {
-    "ingest": ("pipelines.bench_ingest", "decode + bin + write events/s against tonic"),
-    "loader": ("tmkt.bench_loader", "mixed samples/s of the DALI loader against DataLoader baselines"),
-    "train": ("tmkt.bench_train", "training samples/s and data-wait share per backbone"),
+    "ingest": ("benches.ingest", "decode + bin + write events/s against tonic"),
+    "loader": ("benches.loader", "mixed samples/s of the DALI loader against DataLoader baselines"),
+    "train": ("benches.train", "training samples/s and data-wait share per backbone"),
 }
 
 
@@ -74,7 +75,7 @@ def _user_message(err: Exception) -> str | None:
     from flows.server import ServerError, ServerUnreachable
     from pipelines.build import BuildError
     from storage.repo import StoreNotFound
-    from tmkt.train import DeviceUnavailable
+    from tmkt.system import DeviceUnavailable
 
     known = (
         DeviceUnavailable,
@@ -106,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from pipelines.build import add_build_arguments
+
     build = sub.add_parser(
         "build-dataset",
         help="turn raw recordings and static images into a new store snapshot",
@@ -113,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         "previous snapshot; bad files are quarantined and reported; one commit per build.",
     )
     add_build_arguments(build)
+    build.add_argument("--json", help="also write the build report to this file")
     build.set_defaults(func=_cmd_build)
 
     store = sub.add_parser("store", help="inspect and check a store").add_subparsers(
@@ -131,6 +135,28 @@ def _parser() -> argparse.ArgumentParser:
     history = store.add_parser("history", help="the snapshots of a store, newest first")
     history.add_argument("path")
     history.set_defaults(func=_cmd_history)
+    from storage.maintenance import DEFAULT_GRACE
+
+    gc = store.add_parser(
+        "gc",
+        help="reclaim space: delete what no snapshot references (killed or failed builds' chunks)",
+        description="Delete every object no branch or tag reaches and older than --grace-minutes "
+        "(what killed or failed builds left); with --expire-days, first drop snapshots older than "
+        "that from the history (keep it longer than any training job that pins one).",
+    )
+    gc.add_argument("path")
+    gc.add_argument(
+        "--expire-days", type=float, help="also expire snapshots older than this (default: keep all)"
+    )
+    gc.add_argument(
+        "--grace-minutes",
+        type=float,
+        default=DEFAULT_GRACE.total_seconds() / 60,
+        help=f"never delete objects younger than this (default {DEFAULT_GRACE.total_seconds() / 60:.0f})",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    gc.add_argument("--json", action="store_true", help="print JSON")
+    gc.set_defaults(func=_cmd_gc)
 
     bench = sub.add_parser("bench", help="benchmarks against baselines in the same run")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="NAME")
@@ -141,76 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.sources import SOURCES
-
-    parser.add_argument("--source", required=True, choices=sorted(SOURCES))
-    parser.add_argument("--raw", required=True, help="folder of raw recordings (as downloaded)")
-    parser.add_argument("--static", help="folder of static images (MNIST IDX, CIFAR batches, JPEG/PNG)")
-    parser.add_argument("--store", required=True, help="store path (local folder or s3://bucket/prefix)")
-    parser.add_argument("--time-bins", type=int, default=10, help="T, frames per recording (default 10)")
-    parser.add_argument(
-        "--size", type=int, nargs=2, metavar=("H", "W"), help="frame size (default per source)"
-    )
-    parser.add_argument("--mode", choices=("time", "count"), default="time", help="binning by time or count")
-    parser.add_argument("--denoise-us", type=int, default=0, help="drop isolated events (0 = off)")
-    parser.add_argument("--static-mode", choices=("gray", "v"), default="gray", help="gray or HSV V channel")
-    parser.add_argument(
-        "--static-fit", choices=("resize", "pad"), help="statics to frame size: resize, or centre (pad)"
-    )
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
-    parser.add_argument("--workers", type=int, default=2, help="Dask workers of the local cluster")
-    parser.add_argument("--dask-address", help="use an existing Dask scheduler (tcp://host:port)")
-    parser.add_argument(
-        "--max-bad-fraction", type=float, default=0.1, help="fail past this share of bad recordings"
-    )
-    parser.add_argument(
-        "--source-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the source adapter, e.g. recordings_per_class=10 for builtin (repeatable)",
-    )
-    parser.add_argument("--json", help="also write the build report to this file")
-
-
-def build_config_from_args(args: argparse.Namespace):  # -> pipelines.build.BuildConfig
-    from pipelines.build import BuildConfig
-
-    return BuildConfig(
-        source=args.source,
-        raw=args.raw,
-        static=args.static,
-        store=args.store,
-        time_bins=args.time_bins,
-        size=tuple(args.size) if args.size else None,
-        mode=args.mode,
-        denoise_us=args.denoise_us,
-        static_mode=args.static_mode,
-        static_fit=args.static_fit,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        workers=args.workers,
-        dask_address=args.dask_address,
-        max_bad_fraction=args.max_bad_fraction,
-        source_options=dict(_parse_option(item) for item in args.source_option),
-    )
-
-
-def _parse_option(text: str) -> tuple[str, object]:
-    """KEY=VALUE with VALUE read as JSON when it parses (numbers, booleans), else as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise UserError(f"--source-option takes KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
     from flows.dataset import run_build_flow  # the same flow the deployments run
+    from pipelines.build import build_config_from_args
 
     result = run_build_flow(build_config_from_args(args))
     report = result.report
@@ -259,6 +218,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"FAULT {fault}")
     print(f"{args.path}: {'OK' if not faults else f'{len(faults)} fault(s)'}")
     return 1 if faults else 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from storage.maintenance import collect_garbage
+
+    expire = dt.timedelta(days=args.expire_days) if args.expire_days is not None else None
+    report = collect_garbage(args.path, expire, dt.timedelta(minutes=args.grace_minutes), args.dry_run)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{args.path}: {verb} {report.chunks_deleted} chunks, {report.manifests_deleted} manifests, "
+        f"{report.snapshots_deleted} snapshots ({report.bytes_deleted / 1e6:.1f} MB); "
+        f"{report.snapshots_expired} snapshots expired"
+    )
+    return 0
 
 
 def _cmd_history(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from storage.schema import FrameSpec
+
 log = logging.getLogger("tmkt.bench")
 
 
@@ -65,7 +67,6 @@ def decode_bin(files: list[Path], time_bins: int) -> tuple[int, float]:
     """(events, seconds) for our per-file decode + binning alone: the same work as the baseline."""
     from pipelines.binning import bin_events
     from pipelines.formats.nmnist import read_nmnist
-    from storage.schema import FrameSpec
 
     spec = FrameSpec(time_bins=time_bins, size=(34, 34))
     events = 0
@@ -101,7 +102,7 @@ def timed_build(raw: Path, workers: int, time_bins: int, scratch: Path) -> tuple
     return result.report["events"], seconds, result.report["timings"]
 
 
-def run(raw: Path, time_bins: int = 10, repeats: int = 1) -> dict[str, Any]:
+def run(raw: Path, time_bins: int = FrameSpec.time_bins, repeats: int = 1) -> dict[str, Any]:
     files = sorted(raw.rglob("*.bin"))
     if not files:
         raise FileNotFoundError(f"{raw}: no N-MNIST .bin files")
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tmkt bench ingest", description=__doc__)
     parser.add_argument("--raw", required=True, type=Path, help="N-MNIST folder (Train/<digit>/*.bin)")
     parser.add_argument("--json", required=True, type=Path, help="write the results here")
-    parser.add_argument("--time-bins", type=int, default=10)
+    parser.add_argument("--time-bins", type=int, default=FrameSpec.time_bins)
     parser.add_argument("--repeats", type=int, default=1, help="best of N runs of each")
     args = parser.parse_args(argv)
     result = run(args.raw, args.time_bins, args.repeats)

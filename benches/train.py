@@ -23,7 +23,7 @@ import torch
 from tmkt.methods import TimeStepMixup
 from tmkt.mixing import RatioSchedule
 from tmkt.models import BACKBONES, ModelConfig, build_model
-from tmkt.train import to_device
+from tmkt.system import to_device
 
 
 def _sync(device: torch.device) -> None:

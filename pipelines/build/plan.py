@@ -1,0 +1,151 @@
+"""Stage 1 of a build: list the source, read the previous snapshot's manifest, assign splits and cut
+the work into batches.
+
+A refresh and a full build are the same plan: a recording whose content hash is unchanged since the
+previous snapshot is *reused* (its events and frames are read back from that snapshot) instead of
+decoded, a changed or new one is decoded, a removed one is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.build.config import BuildConfig, BuildError, jsonable
+from pipelines.sources.base import EventItem, Listing, StaticItem
+from pipelines.splits import assign_splits
+from storage.reader import DatasetReader
+from storage.repo import StoreNotFound
+from storage.schema import FrameSpec
+from storage.verify import file_sha256
+
+
+@dataclass
+class Work:
+    """One recording to produce, in store order."""
+
+    item: EventItem
+    split: str
+    previous: dict[str, Any] | None = None  # its manifest row in the previous snapshot
+    previous_index: int | None = None  # its row in the previous snapshot's events
+
+
+@dataclass
+class BuildPlan:
+    config: BuildConfig
+    classes: list[str]
+    work: list[Work]
+    statics: list[StaticItem]
+    static_splits: list[str]
+    bad_statics: list[tuple[str, str]]
+    specs: list[FrameSpec]
+    previous_snapshot: str | None
+    reuse_statics: bool
+    unchanged_params: bool
+    removed: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def batches(self) -> list[list[int]]:
+        size = max(1, self.config.batch_size)
+        return [list(range(i, min(i + size, len(self.work)))) for i in range(0, len(self.work), size)]
+
+
+def plan_build(config: BuildConfig) -> BuildPlan:
+    started = time.perf_counter()
+    source = config.source_adapter()
+    raw = Path(config.raw)
+    if config.source != "builtin" and not raw.is_dir():
+        raise BuildError(f"raw folder not found: {raw}")
+    static = Path(config.static) if config.static else None
+    if static is not None and not static.exists():
+        raise BuildError(f"static folder not found: {static}")
+    listing: Listing = source.list(raw, static)
+    if not listing.events:
+        raise BuildError(f"{raw}: no recordings of source '{config.source}' found")
+
+    previous = _open_previous(config.store)
+    spec = config.frame_spec()
+    specs = [spec]
+    prev_rows: dict[str, dict[str, Any]] = {}
+    prev_index: dict[str, int] = {}
+    unchanged_params = False
+    if previous is not None:
+        prev_rows = {row["path"]: row for row in previous.manifest}
+        prev_index = {path: i for i, path in enumerate(previous.sources)}
+        # Refreshes keep every representation the store already has.
+        specs += [s for k, s in previous.frame_keys().items() if k != spec.key]
+        unchanged_params = previous.attrs.get("data_params") == jsonable(config.data_params())
+
+    labels = np.array([item.label for item in listing.events])
+    splits = assign_splits(
+        labels,
+        [item.split for item in listing.events],
+        config.val_fraction,
+        config.effective_test_fraction(),
+        config.seed,
+        keys=[item.path for item in listing.events],
+    )
+    work = [
+        Work(item, str(split), prev_rows.get(item.path), prev_index.get(item.path))
+        for item, split in zip(listing.events, splits, strict=True)
+    ]
+    static_splits = [s.split or "train" for s in listing.statics]
+    listed = {w.item.path for w in work} | {s.path for s in listing.statics}
+    removed = sorted(p for p, row in prev_rows.items() if p not in listed and row.get("kind") == "events")
+    plan = BuildPlan(
+        config=config,
+        classes=listing.classes,
+        work=work,
+        statics=listing.statics,
+        static_splits=static_splits,
+        bad_statics=listing.bad_statics,
+        specs=specs,
+        previous_snapshot=previous.snapshot_id if previous else None,
+        reuse_statics=previous is not None and _statics_unchanged(previous, listing, raw, static, specs),
+        unchanged_params=unchanged_params,
+        removed=removed,
+    )
+    plan.timings["plan"] = time.perf_counter() - started
+    return plan
+
+
+def _open_previous(store: str) -> DatasetReader | None:
+    try:
+        return DatasetReader(store)
+    except StoreNotFound:
+        return None
+
+
+def _statics_unchanged(
+    previous: DatasetReader, listing: Listing, raw: Path, static: Path | None, specs: list[FrameSpec]
+) -> bool:
+    """True when the static files hash as before and every wanted representation exists.
+
+    Paths are relative to the static folder, or to the raw folder when a source keeps its statics
+    there (the built-in one), as `load_statics` reads them. Files quarantined at listing count too:
+    unchanged, they stay quarantined and change nothing.
+    """
+    old = {row["path"]: row["sha256"] for row in previous.manifest if row.get("kind") == "static"}
+    files = sorted({item.path for item in listing.statics} | {path for path, _ in listing.bad_statics})
+    if sorted(old) != files or not set(s.key for s in specs) <= set(previous.frame_keys()):
+        return False
+    root = static if static is not None else raw
+    return all(static_sha256(root / path) == old[path] for path in files)
+
+
+def static_sha256(path: Path) -> str:
+    """The content hash recorded for a static file; "" for one that cannot be read."""
+    try:
+        return file_sha256(path)
+    except OSError:
+        return ""
+
+
+@lru_cache(maxsize=4)
+def previous_reader(store: str, snapshot: str) -> DatasetReader:
+    return DatasetReader(store, snapshot)

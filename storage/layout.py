@@ -1,0 +1,87 @@
+"""Where a build puts each thing in the store: every array path and attribute name, in one place.
+
+The writer, the reader and the verifier name arrays through this module only, so the layout of a
+store is declared once::
+
+    /                         attrs: ROOT_ATTRS (classes, source, split rule, build parameters, ...)
+    events/x,y  uint16 [E]    all recordings concatenated, lossless, in decode order
+    events/t    int64  [E]    microseconds
+    events/p    uint8  [E]    polarity 0/1
+    events/offsets int64 [N+1]  recording i is events[offsets[i]:offsets[i+1]]
+    events/label int16 [N], events/split uint8 [N], events/width,height uint16 [N]
+    images/data uint8 [M,H,W,C], images/label int16 [M], images/split uint8 [M]
+    frames/<key>              attrs: the FrameSpec of the representation
+    frames/<key>/events uint16 [N,T,2,H,W]   binned event counts
+    frames/<key>/static uint8  [M,H,W]       static images at the frames' size (gray or V)
+    manifest                  attrs["rows"]: one row per raw input (path, size, sha256, status, reason)
+    report                    attrs: the build report (counts, quarantined, timings)
+    /                         attrs[DIGESTS]: every array's content digests, per shard (storage.digests)
+
+The raw file of recording ``i`` is ``attrs["recording_sources"][i]``, relative to ``attrs["raw_root"]``.
+"""
+
+from __future__ import annotations
+
+from storage.schema import EVENT_DTYPE
+
+EVENTS = "events"
+OFFSETS = "events/offsets"
+LABEL = "events/label"
+SPLIT = "events/split"
+WIDTH = "events/width"
+HEIGHT = "events/height"
+#: ``events/<field>`` for every field of EVENT_DTYPE, in field order.
+EVENT_FIELDS: dict[str, str] = {name: f"{EVENTS}/{name}" for name in EVENT_DTYPE.names}
+
+IMAGES = "images/data"
+IMAGE_LABEL = "images/label"
+IMAGE_SPLIT = "images/split"
+
+FRAMES = "frames"
+MANIFEST = "manifest"
+MANIFEST_ROWS = "rows"
+REPORT = "report"
+
+#: Root attributes a build writes (`Transaction.set_root_attrs` refuses any other name).
+CLASSES = "classes"
+SOURCE = "source"
+RAW_ROOT = "raw_root"
+STATIC_ROOT = "static_root"
+FRAMES_KEY = "frames_key"
+SENSOR_SIZE = "sensor_size"
+SPLIT_RULE = "split_rule"
+SPLIT_NAMES = "splits"
+BUILD_PARAMS = "build_params"
+DATA_PARAMS = "data_params"
+RECORDING_SOURCES = "recording_sources"
+PARENT_SNAPSHOT = "parent_snapshot"
+#: ``{array path: {"rows", "shape", "dtype", "parts": [hex]}}``, written by the transaction at commit
+#: (`storage.digests`); not settable through `set_root_attrs`.
+DIGESTS = "digests"
+ROOT_ATTRS = (
+    CLASSES,
+    SOURCE,
+    RAW_ROOT,
+    STATIC_ROOT,
+    FRAMES_KEY,
+    SENSOR_SIZE,
+    SPLIT_RULE,
+    SPLIT_NAMES,
+    BUILD_PARAMS,
+    DATA_PARAMS,
+    RECORDING_SOURCES,
+    PARENT_SNAPSHOT,
+)
+
+
+def frames_group(key: str) -> str:
+    """The group of one frame representation; its attrs are the FrameSpec."""
+    return f"{FRAMES}/{key}"
+
+
+def event_frames(key: str) -> str:
+    return f"{FRAMES}/{key}/events"
+
+
+def static_frames(key: str) -> str:
+    return f"{FRAMES}/{key}/static"

@@ -12,7 +12,9 @@ How one batch is made:
 2. Gather (``_PairedFrames``): each recording's event counts as float32 followed by its paired
    static, mapped through the ``v / 255 * static_scale`` table and copied to both polarities:
    ``[T+1, 2, H, W]`` per sample. In host memory with numpy, or in GPU memory with torch when the data
-   is resident there (then only indices cross PCIe).
+   is resident there (then only indices cross PCIe). With roll, rotation, shear, cutout or pixel drop
+   on (``tmkt.augment``), the gather goes on through the sample's integer source map, and with time
+   drop an all-zero frame follows for the dropped steps of the frame order to point at.
 3. DALI graph (``build_mix_graph``, one graph for CPU and GPU): crop with zero padding and mirror,
    the same for all ``T+1`` frames of a sample, and mix with ``sequence_rearrange`` by the frame
    order. That is ``out = s + (e - s) * mask`` for a 0/1 mask, done as a copy: exact, and one pass
@@ -38,33 +40,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tmkt.augment import (
+    AugmentConfig,
+    augment_active,
+    draw_extra,
+    drop_steps,
+    drops_time,
+    remap_numpy,
+    remap_torch,
+    source_map,
+)
 from tmkt.data import MixData, StaticsByClass, static_lut
 from tmkt.mixing import mag_targets, mrp_targets, sample_cut, solve_p
 
 MODES = ("mix", "event", "static", "pair")
 RESIDENT = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass
-class AugmentConfig:
-    """Random crop with zero padding and horizontal flip, the same for all steps of a sample."""
-
-    crop_padding: int = 4
-    hflip: bool = True
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
-
-    @property
-    def active(self) -> bool:
-        return self.enabled and (self.crop_padding > 0 or self.hflip)
-
-
-def augment_active(augment: AugmentConfig | None) -> bool:
-    return augment is not None and augment.active
 
 
 @dataclass
@@ -109,6 +100,14 @@ class Draws:
     cut: np.ndarray  # int64 [B] in 1..T+1 (T+1 = no cut)
     offset: np.ndarray  # int32 [B, 2]: crop start (y, x) relative to the frame, in [-pad, pad]
     flip: np.ndarray  # int32 [B]: 1 = mirror left-right
+    # tmkt.augment's draws (None = off): roll int32 [B, 2] (dy, dx); angle, shear float64 [B] degrees;
+    # cutout int32 [B, 4] (y, x, h, w); drop_pixel bool [B, H, W]; drop_time bool [B, T] (True = dropped)
+    roll: np.ndarray | None = None
+    angle: np.ndarray | None = None
+    shear: np.ndarray | None = None
+    cutout: np.ndarray | None = None
+    drop_pixel: np.ndarray | None = None
+    drop_time: np.ndarray | None = None
 
 
 def draw_batch(
@@ -143,7 +142,8 @@ def draw_batch(
         offset = (np.floor(rng.random((n, 2)) * (2 * pad + 1)) - pad).astype(np.int32)
         if augment.hflip:
             flip = (rng.random(n) < 0.5).astype(np.int32)
-    return Draws(static_index=static_index, cut=cut, offset=offset, flip=flip)
+    extra = draw_extra(augment, n, T, data.frame_size, rng)
+    return Draws(static_index=static_index, cut=cut, offset=offset, flip=flip, **extra)
 
 
 def frame_orders(cut: np.ndarray, T: int, mode: str) -> np.ndarray:
@@ -197,16 +197,20 @@ def build_mix_graph(
 class _PairedFrames:
     """Per batch, each recording's event frames followed by its paired static frame, as float32
     ``[B, F, 2, H, W]``: the graph's input. The static goes through the ``static_lut`` table and into
-    both polarity channels here, during the gather, which touches every byte anyway.
+    both polarity channels here, during the gather, which touches every byte anyway. With time drop
+    on, one all-zero frame follows (``zero_slot``), for the dropped steps to point at; with a source
+    map (``tmkt.augment.source_map``), every frame of a sample is gathered through it.
 
     On the host the gather is numpy (a row copy-and-cast per sample: cheaper than a gather then a
     cast); with the data resident on the GPU it is torch, and only the indices cross PCIe.
     """
 
-    def __init__(self, data: MixData, mode: str, on_gpu: bool) -> None:
+    def __init__(self, data: MixData, mode: str, on_gpu: bool, zero_frame: bool = False) -> None:
         self.time_steps = data.time_steps if mode != "static" else 0
         self.with_static = mode != "event"
-        self.shape = (1 if mode == "static" else self.time_steps + self.with_static, 2, *data.frame_size)
+        self.static_slot = self.time_steps  # 0 in mode "static", where the static is the only frame
+        self.zero_slot = self.time_steps + self.with_static
+        self.shape = (self.zero_slot + zero_frame, 2, *data.frame_size)
         self.events, self.statics, self.lut = (
             data.event_frames,
             data.static_frames,
@@ -219,19 +223,24 @@ class _PairedFrames:
             self.statics = torch.from_numpy(self.statics).cuda() if self.with_static else None
             self.lut = torch.from_numpy(self.lut).cuda()
 
-    def take(self, index: np.ndarray, static_index: np.ndarray):
-        return self._take_gpu(index, static_index) if self.on_gpu else self._take_host(index, static_index)
+    def take(self, index: np.ndarray, static_index: np.ndarray, mapping: np.ndarray | None = None):
+        if self.on_gpu:
+            return self._take_gpu(index, static_index, mapping)
+        return self._take_host(index, static_index, mapping)
 
-    def _take_host(self, index: np.ndarray, static_index: np.ndarray) -> np.ndarray:
+    def _take_host(self, index: np.ndarray, static_index: np.ndarray, mapping) -> np.ndarray:
         T = self.time_steps
         out = np.empty((len(index), *self.shape), dtype=np.float32)
         for row, i in enumerate(index.tolist() if T else []):
             out[row, :T] = self.events[i]
         if self.with_static:
-            out[:, -1] = self.lut[self.statics[static_index]][:, None]
+            out[:, self.static_slot] = self.lut[self.statics[static_index]][:, None]
+        if mapping is not None:
+            out[:, : self.zero_slot] = remap_numpy(out[:, : self.zero_slot], mapping)
+        out[:, self.zero_slot :] = 0
         return out
 
-    def _take_gpu(self, index: np.ndarray, static_index: np.ndarray) -> torch.Tensor:
+    def _take_gpu(self, index: np.ndarray, static_index: np.ndarray, mapping) -> torch.Tensor:
         T, device = self.time_steps, self.lut.device
         out = torch.empty((len(index), *self.shape), dtype=torch.float32, device=device)
         if T:
@@ -239,7 +248,10 @@ class _PairedFrames:
             out[:, :T] = rows.int().bitwise_and_(0xFFFF)  # the int16 bits back to their uint16 counts
         if self.with_static:
             statics = self.statics.index_select(0, torch.from_numpy(static_index).to(device))
-            out[:, -1] = self.lut[statics.long()][:, None]
+            out[:, self.static_slot] = self.lut[statics.long()][:, None]
+        if mapping is not None:
+            out[:, : self.zero_slot] = remap_torch(out[:, : self.zero_slot], mapping)
+        out[:, self.zero_slot :] = 0
         torch.cuda.current_stream().synchronize()  # DALI reads it on its own stream
         return out
 
@@ -305,7 +317,7 @@ class MixLoader:
                 raise ValueError(
                     f"classes {missing.tolist()} have recordings but no static image to pair with"
                 )
-        self._frames = _PairedFrames(data, cfg.mode, on_gpu=self.resident)
+        self._frames = _PairedFrames(data, cfg.mode, on_gpu=self.resident, zero_frame=drops_time(cfg.augment))
         # host inputs of the graph; crop offsets and flips only when the graph uses them
         augment = cfg.augment if augment_active(cfg.augment) else None
         self._host_parts = ["order", "mag", "labels", "mrp", "index"]
@@ -388,10 +400,10 @@ class MixLoader:
 
     def _produce(self, index: np.ndarray, rng: np.random.Generator) -> tuple[list, list]:
         draws = draw_batch(self.data, index, self._p, rng, self.cfg.augment, self.cfg.mode, self._statics)
-        T = self.data.time_steps
+        T, zero = self.data.time_steps, self._frames.zero_slot
         parts = {
-            "order": frame_orders(draws.cut, T, self.cfg.mode),
-            "static_order": np.full((len(index), T), T, dtype=np.int32),
+            "order": drop_steps(frame_orders(draws.cut, T, self.cfg.mode), draws.drop_time, zero),
+            "static_order": drop_steps(np.full((len(index), T), T, dtype=np.int32), draws.drop_time, zero),
             "mag": mag_targets(draws.cut, T),
             "offset": draws.offset,
             "flip": draws.flip,
@@ -400,7 +412,8 @@ class MixLoader:
             "index": index.astype(np.int64),
         }
         host = [parts[name] for name in self._host_parts]
-        return host, self._frames.take(index, draws.static_index)
+        mapping = source_map(draws, self.data.frame_size)
+        return host, self._frames.take(index, draws.static_index, mapping)
 
     def _pipeline(self):
         """The DALI pipeline and the feed its sources read, built together (one feed per pipeline)."""

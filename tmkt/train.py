@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from tmkt.augment import AugmentConfig
 from tmkt.evaluate import accuracy_on, checkpoint_metadata, eval_loader
 from tmkt.methods import METHOD_NAMES, build_method
 from tmkt.mixing import RatioSchedule
@@ -92,6 +93,13 @@ class TrainConfig:
     # random horizontal flip (augment): on for object datasets (CIFAR10-DVS, N-Caltech101); off by default
     # because a mirror changes the class of digits and of left/right gestures
     hflip: bool = False
+    # NDA and EventDrop augmentations (tmkt.augment), each off at 0
+    roll: int = 0
+    rotate: float = 0.0
+    shear: float = 0.0
+    cutout: int = 0
+    drop_pixel: float = 0.0
+    drop_time: float = 0.0
     # system
     # auto = bf16 on CUDA, off on CPU. Seen on an H200 (VGG-SNN, T=10, 48x48, batch 64): bf16 halves
     # the memory but eager steps ran ~20% slower than fp32 (the neurons' elementwise ops dominate);
@@ -117,6 +125,7 @@ class TrainConfig:
             raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        AugmentConfig.from_fields(self)  # checks the augmentation keys' ranges now, not at the first batch
 
     def model_config(self, mag_head: bool, mrp_head: bool) -> ModelConfig:
         return ModelConfig(
@@ -338,9 +347,9 @@ def in_memory_datasets(data, val_data, test_data) -> Datasets:
 
 
 def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.device):
-    from tmkt.loader import AugmentConfig, LoaderConfig, MixLoader
+    from tmkt.loader import LoaderConfig, MixLoader
 
-    augment = AugmentConfig(crop_padding=cfg.crop_padding, hflip=cfg.hflip, enabled=cfg.augment)
+    augment = AugmentConfig.from_fields(cfg)
     lcfg = LoaderConfig(
         batch_size=cfg.batch_size,
         mode=mode,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numba
 import numpy as np
 import torch
 
@@ -146,8 +147,8 @@ def source_map(draws, shape: tuple[int, int]) -> np.ndarray | None:
     roll, angle, shear, cutout, drop_pixel = present
     B = len(next(value for value in present if value is not None))
     H, W = shape
-    y, x = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
-    y, x = np.broadcast_to(y, (B, H, W)), np.broadcast_to(x, (B, H, W))
+    # rows [B, H, 1] and columns [B, 1, W] stay apart until a rotation or shear mixes them
+    y, x = np.arange(H)[None, :, None], np.arange(W)[None, None, :]
     if roll is not None:  # out[y, x] = in[(y - dy) % H, (x - dx) % W], as np.roll
         y = (y - roll[:, 0, None, None]) % H
         x = (x - roll[:, 1, None, None]) % W
@@ -160,6 +161,7 @@ def source_map(draws, shape: tuple[int, int]) -> np.ndarray | None:
     src_y, src_x = np.rint(v + (H - 1) / 2).astype(np.int64), np.rint(u + (W - 1) / 2).astype(np.int64)
     inside = (src_y >= 0) & (src_y < H) & (src_x >= 0) & (src_x < W)
     out = np.where(inside, src_y * W + src_x, -1)
+    out = np.broadcast_to(out, (B, H, W)).copy()
     if cutout is not None:
         rows, cols = np.arange(H)[None, :, None], np.arange(W)[None, None, :]
         top, left, h, w = (cutout[:, k, None, None] for k in range(4))
@@ -169,17 +171,26 @@ def source_map(draws, shape: tuple[int, int]) -> np.ndarray | None:
     return out.reshape(B, H * W)
 
 
-def remap_numpy(frames: np.ndarray, mapping: np.ndarray) -> np.ndarray:
-    """``frames[b, ..., H, W]`` gathered through ``mapping[b]`` (from ``source_map``); a new array."""
-    B, H, W = frames.shape[0], *frames.shape[-2:]
-    flat = frames.reshape(B, -1, H * W)
-    out = np.take_along_axis(flat, np.maximum(mapping, 0)[:, None, :], axis=2)
-    out[np.broadcast_to((mapping < 0)[:, None, :], out.shape)] = 0
-    return out.reshape(frames.shape)
+@numba.njit(cache=True, nogil=True)
+def gather_pixels(src: np.ndarray, rows: np.ndarray, mapping: np.ndarray, out: np.ndarray) -> None:
+    """``out[b, c, k] = src[rows[b], c, mapping[b, k]]`` (0 where ``mapping[b, k] < 0``), cast to
+    ``out``'s type: the row copy, the cast and the source map in one pass.
+
+    ``src [N, C, K]``, ``out [B, C, K]`` (views are fine). Compiled: numpy's fancy indexing ran this
+    gather 5-10x slower than the copy it replaces and cut the loader's throughput to a few thousand
+    samples/s at 34x34.
+    """
+    B, C, K = out.shape
+    for b in range(B):
+        r = rows[b]
+        for c in range(C):
+            for k in range(K):
+                j = mapping[b, k]
+                out[b, c, k] = src[r, c, j] if j >= 0 else 0
 
 
 def remap_torch(frames: torch.Tensor, mapping: np.ndarray) -> torch.Tensor:
-    """As ``remap_numpy`` for a torch tensor, on its device."""
+    """``frames [B, ..., H, W]`` gathered through ``mapping[b]`` (from ``source_map``), on their device."""
     B, H, W = frames.shape[0], *frames.shape[-2:]
     flat = frames.reshape(B, -1, H * W)
     index = torch.from_numpy(mapping).to(frames.device)

@@ -46,7 +46,7 @@ from tmkt.augment import (
     draw_extra,
     drop_steps,
     drops_time,
-    remap_numpy,
+    gather_pixels,
     remap_torch,
     source_map,
 )
@@ -229,14 +229,21 @@ class _PairedFrames:
         return self._take_host(index, static_index, mapping)
 
     def _take_host(self, index: np.ndarray, static_index: np.ndarray, mapping) -> np.ndarray:
-        T = self.time_steps
-        out = np.empty((len(index), *self.shape), dtype=np.float32)
-        for row, i in enumerate(index.tolist() if T else []):
-            out[row, :T] = self.events[i]
+        T, (B, K) = self.time_steps, (len(index), self.shape[-2] * self.shape[-1])
+        out = np.empty((B, *self.shape), dtype=np.float32)
+        if mapping is not None and T:
+            events = self.events.reshape(len(self.events), 2 * T, K)
+            gather_pixels(events, index, mapping, out[:, :T].reshape(B, 2 * T, K))
+        else:
+            for row, i in enumerate(index.tolist() if T else []):
+                out[row, :T] = self.events[i]
         if self.with_static:
-            out[:, self.static_slot] = self.lut[self.statics[static_index]][:, None]
-        if mapping is not None:
-            out[:, : self.zero_slot] = remap_numpy(out[:, : self.zero_slot], mapping)
+            statics = self.lut[self.statics[static_index]]
+            if mapping is not None:
+                warped = np.empty_like(statics)
+                gather_pixels(statics.reshape(B, 1, K), np.arange(B), mapping, warped.reshape(B, 1, K))
+                statics = warped
+            out[:, self.static_slot] = statics[:, None]
         out[:, self.zero_slot :] = 0
         return out
 

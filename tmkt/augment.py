@@ -22,7 +22,8 @@ order that points the dropped steps at an all-zero frame (``drop_steps``), so th
 (``sequence_rearrange``) does it for free.
 
 The map acts on every frame of a sample (events and its paired static alike), before the crop and
-the flip; the time drop acts on the output steps after the mix.
+the flip; the time drop acts on the output steps after the mix. When the loader draws a map, it
+folds the crop and the flip into it (``crop_flip``) and leaves them out of the DALI graph.
 """
 
 from __future__ import annotations
@@ -133,12 +134,15 @@ def draw_extra(
     return out
 
 
-def source_map(draws, shape: tuple[int, int]) -> np.ndarray | None:
+def source_map(draws, shape: tuple[int, int], crop_flip: bool = False) -> np.ndarray | None:
     """int64 ``[B, H*W]``: for each output pixel the input pixel it takes (row-major), -1 for zero.
 
     Output = roll(shear-then-rotate(input)), nearest neighbour about the frame's centre, zero outside;
     then the cutout box and the dropped pixels are set to -1. None when the draws hold none of these.
-    ``draws``: anything with the ``EXTRA_FIELDS`` attributes (a ``Draws``).
+    ``draws``: anything with the ``EXTRA_FIELDS`` attributes (a ``Draws``). ``crop_flip``: also take
+    the draws' crop (``offset``) and mirror (``flip``) after all that, as ``reference.shift_and_flip``
+    does them: the loader then makes one gather instead of a gather and DALI's slice and flip, which
+    on the CPU cost more than all the other augmentations together.
     """
     names = ("roll", "angle", "shear", "cutout", "drop_pixel")
     present = [getattr(draws, name, None) for name in names]
@@ -168,7 +172,22 @@ def source_map(draws, shape: tuple[int, int]) -> np.ndarray | None:
         out[(rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)] = -1
     if drop_pixel is not None:
         out[drop_pixel] = -1
-    return out.reshape(B, H * W)
+    out = out.reshape(B, H * W)
+    return crop_and_mirror(out, draws.offset, draws.flip, shape) if crop_flip else out
+
+
+def crop_and_mirror(mapping: np.ndarray, offset: np.ndarray, flip: np.ndarray, shape: tuple[int, int]):
+    """``mapping`` followed by the crop at ``offset`` (zero padding) and the mirror where ``flip``:
+    ``out[y, x] = mapping[y + dy, x' + dx]`` with ``x' = W-1-x`` where mirrored, -1 outside."""
+    H, W = shape
+    y = np.arange(H)[None, :, None] + offset[:, 0, None, None]
+    x = np.arange(W)[None, None, :]
+    x = np.where(flip[:, None, None] == 1, W - 1 - x, x) + offset[:, 1, None, None]
+    inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
+    picked = np.take_along_axis(
+        mapping, (np.clip(y, 0, H - 1) * W + np.clip(x, 0, W - 1)).reshape(len(mapping), -1), 1
+    )
+    return np.where(inside.reshape(len(mapping), -1), picked, -1)
 
 
 @numba.njit(cache=True, nogil=True)

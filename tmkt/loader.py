@@ -181,7 +181,7 @@ def build_mix_graph(
     H, W = shape
     if to_gpu:
         frames = frames.gpu()
-    if augment_active(augment):
+    if augment_active(augment) and not augment.warps:  # with a source map, the gather crops and mirrors
         if augment.crop_padding > 0:
             frames = fn.slice(
                 frames, start=host["offset"], shape=[H, W], axis_names="HW", out_of_bounds_policy="pad"
@@ -329,8 +329,9 @@ class MixLoader:
         augment = cfg.augment if augment_active(cfg.augment) else None
         self._host_parts = ["order", "mag", "labels", "mrp", "index"]
         self._host_parts += ["static_order"] if cfg.mode == "pair" else []
-        self._host_parts += ["offset"] if augment and augment.crop_padding > 0 else []
-        self._host_parts += ["flip"] if augment and augment.hflip else []
+        in_graph = augment is not None and not augment.warps  # else the source map crops and mirrors
+        self._host_parts += ["offset"] if in_graph and augment.crop_padding > 0 else []
+        self._host_parts += ["flip"] if in_graph and augment.hflip else []
         self._pipe = None
         self._open_epoch = None
         self._epoch = 0
@@ -419,7 +420,7 @@ class MixLoader:
             "index": index.astype(np.int64),
         }
         host = [parts[name] for name in self._host_parts]
-        mapping = source_map(draws, self.data.frame_size)
+        mapping = source_map(draws, self.data.frame_size, crop_flip=True)
         return host, self._frames.take(index, draws.static_index, mapping)
 
     def _pipeline(self):

@@ -123,6 +123,16 @@ def _parser() -> argparse.ArgumentParser:
     history = store.add_parser("history", help="the snapshots of a store, newest first")
     history.add_argument("path")
     history.set_defaults(func=_cmd_history)
+    show = store.add_parser("show", help="draw a recording's frames, a static image or a mixed sequence")
+    show.add_argument("path")
+    show.add_argument("--index", type=int, required=True, help="recording (or image) index, within --split")
+    show.add_argument("--split", help="count --index within this split (train, val, test)")
+    show.add_argument("--kind", default="events", help="events | static | mixed (static, then events)")
+    show.add_argument("--cut", type=int, default=0, help="mixed: first event step t*, 1-based (0: middle)")
+    show.add_argument("--static", type=int, default=-1, help="mixed: static image index (-1: first of class)")
+    show.add_argument("--snapshot")
+    show.add_argument("--out", default="show.png", help="a .png (a panel per bin) or .gif (a frame per bin)")
+    show.set_defaults(func=_cmd_show)
 
     bench = sub.add_parser("bench", help="benchmarks against baselines in the same run")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="NAME")
@@ -258,6 +268,17 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     for snap in DatasetReader(args.path).history():
         print(f"{snap['id']}  {snap['written_at']}  {snap['message']}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from tmkt.plots import ShowConfig, ShowError, show_store
+
+    try:
+        cfg = ShowConfig(args.index, args.split, args.kind, args.cut, args.static, snapshot=args.snapshot)
+        print(f"wrote {show_store(args.path, cfg, args.out)}")
+    except ShowError as err:
+        raise UserError(str(err)) from None
     return 0
 
 

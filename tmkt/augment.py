@@ -176,7 +176,9 @@ def source_map(draws, shape: tuple[int, int], crop_flip: bool = False) -> np.nda
     return crop_and_mirror(out, draws.offset, draws.flip, shape) if crop_flip else out
 
 
-def crop_and_mirror(mapping: np.ndarray, offset: np.ndarray, flip: np.ndarray, shape: tuple[int, int]):
+def crop_and_mirror(
+    mapping: np.ndarray, offset: np.ndarray, flip: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
     """``mapping`` followed by the crop at ``offset`` (zero padding) and the mirror where ``flip``:
     ``out[y, x] = mapping[y + dy, x' + dx]`` with ``x' = W-1-x`` where mirrored, -1 outside."""
     H, W = shape

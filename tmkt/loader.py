@@ -13,14 +13,15 @@ How one batch is made:
    static, mapped through the ``v / 255 * static_scale`` table and copied to both polarities:
    ``[T+1, 2, H, W]`` per sample. In host memory with numpy, or in GPU memory with torch when the data
    is resident there (then only indices cross PCIe). With roll, rotation, shear, cutout or pixel drop
-   on (``tmkt.augment``), the gather goes on through the sample's integer source map, and with time
-   drop an all-zero frame follows for the dropped steps of the frame order to point at.
-3. DALI graph (``build_mix_graph``, one graph for CPU and GPU): crop with zero padding and mirror,
-   the same for all ``T+1`` frames of a sample, and mix with ``sequence_rearrange`` by the frame
-   order. That is ``out = s + (e - s) * mask`` for a 0/1 mask, done as a copy: exact, and one pass
-   over the batch. The cast and the static table belong to the gather, which touches every value
-   anyway: as separate DALI operators on the CPU they cost three more passes, and the loader ran at
-   half its speed.
+   on (``tmkt.augment``), the gather goes through the sample's integer source map, which then holds
+   the crop and the mirror too; with time drop an all-zero frame follows, for the dropped steps of
+   the frame order to point at.
+3. DALI graph (``build_mix_graph``, one graph for CPU and GPU): crop with zero padding and mirror
+   (unless the source map did them), the same for all ``T+1`` frames of a sample, and mix with
+   ``sequence_rearrange`` by the frame order. That is ``out = s + (e - s) * mask`` for a 0/1 mask,
+   done as a copy: exact, and one pass over the batch. The cast and the static table belong to the
+   gather, which touches every value anyway: as separate DALI operators on the CPU they cost three
+   more passes, and the loader ran at half its speed.
 4. Outputs go to torch: shared through DLPack on the CPU (no copy), copied on the current stream
    through ``feed_ndarray`` on the GPU.
 
@@ -202,7 +203,8 @@ class _PairedFrames:
     map (``tmkt.augment.source_map``), every frame of a sample is gathered through it.
 
     On the host the gather is numpy (a row copy-and-cast per sample: cheaper than a gather then a
-    cast); with the data resident on the GPU it is torch, and only the indices cross PCIe.
+    cast), or the compiled ``gather_pixels`` with a source map; with the data resident on the GPU it
+    is torch, and only the indices cross PCIe.
     """
 
     def __init__(self, data: MixData, mode: str, on_gpu: bool, zero_frame: bool = False) -> None:

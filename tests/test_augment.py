@@ -223,3 +223,15 @@ def test_config_ranges_and_the_train_config_keys():
     assert not AugmentConfig.from_fields(dataclasses.replace(cfg, augment=False)).active
     with pytest.raises(ValueError, match="rotate"):
         TrainConfig(rotate=181)
+
+
+def test_train_keys_reach_the_loader():
+    from tmkt.train import Dist, TrainConfig, config_with, train_loader
+
+    cfg = config_with(TrainConfig(), {"rotate": "15", "cutout": "4", "drop_time": "0.25", "hflip": "true"})
+    loader = train_loader(make_data(n=20), cfg, "mix", Dist(), torch.device("cpu"))
+    augment = loader.cfg.augment
+    assert (augment.rotate, augment.cutout, augment.drop_time, augment.hflip) == (15.0, 4, 0.25, True)
+    assert augment.crop_padding == cfg.crop_padding and augment.warps
+    batch = next(iter(loader))
+    assert batch.frames.shape == (20, 6, 2, 12, 10)

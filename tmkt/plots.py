@@ -203,6 +203,8 @@ def load_sequence(store: str | Path, cfg: ShowConfig) -> FrameSequence:
     events = reader.event_frames(key, np.array([i]))[0].astype(np.float32)
     T, label = len(events), int(reader.labels[i])
     title = f"recording {i} ({classes[label]}), {T} bins of {spec.size[0]}x{spec.size[1]}"
+    sources = reader.attrs.get("recording_sources")
+    title += f", {Path(sources[i]).name}" if sources else ""
     if cfg.kind == "events":
         return FrameSequence(events, [f"t={t}" for t in range(1, T + 1)], title, "events per pixel and bin")
     cut = cfg.cut or T // 2 + 1

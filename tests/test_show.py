@@ -106,6 +106,7 @@ def fig_height(rows: int) -> float:
         (["--index", "0", "--split", "dev"], "unknown split 'dev'"),
         (["--index", "0", "--kind", "video"], "kind must be one of"),
         (["--index", "0", "--kind", "mixed", "--cut", "9"], "cut must lie in 1..5"),
+        (["--index", "0", "--frames-key", "nope"], "no frames with key 'nope'"),
     ],
 )
 def test_mistakes_are_one_line_and_exit_2(store, tmp_path, capsys, argv, message):

@@ -131,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--cut", type=int, default=0, help="mixed: first event step t*, 1-based (0: middle)")
     show.add_argument("--static", type=int, default=-1, help="mixed: static image index (-1: first of class)")
     show.add_argument("--snapshot")
+    show.add_argument("--frames-key", help="frame representation (default: the store's)")
     show.add_argument("--out", default="show.png", help="a .png (a panel per bin) or .gif (a frame per bin)")
     show.set_defaults(func=_cmd_show)
 
@@ -275,7 +276,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from tmkt.plots import ShowConfig, ShowError, show_store
 
     try:
-        cfg = ShowConfig(args.index, args.split, args.kind, args.cut, args.static, snapshot=args.snapshot)
+        fields = (args.index, args.split, args.kind, args.cut, args.static, args.frames_key, args.snapshot)
+        cfg = ShowConfig(*fields)
         print(f"wrote {show_store(args.path, cfg, args.out)}")
     except ShowError as err:
         raise UserError(str(err)) from None

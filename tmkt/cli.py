@@ -276,8 +276,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from tmkt.plots import ShowConfig, ShowError, show_store
 
     try:
-        fields = (args.index, args.split, args.kind, args.cut, args.static, args.frames_key, args.snapshot)
-        cfg = ShowConfig(*fields)
+        cfg = ShowConfig(
+            index=args.index,
+            split=args.split,
+            kind=args.kind,
+            cut=args.cut,
+            static_index=args.static,
+            frames_key=args.frames_key,
+            snapshot=args.snapshot,
+        )
         print(f"wrote {show_store(args.path, cfg, args.out)}")
     except ShowError as err:
         raise UserError(str(err)) from None

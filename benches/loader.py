@@ -3,6 +3,8 @@
 Measured in one run, with the same batch size, T, ratio and mixing for all:
 
 - ``samples_per_s``: ``tmkt.loader.MixLoader`` (DALI; frames held in memory, mixed in the graph);
+- ``augmented_samples_per_s``: the same loader with every augmentation on (``AUGMENT_ALL``), so its
+  cost is a ratio against the row above;
 - ``tonic_samples_per_s``: a torch DataLoader (2 workers) decoding each raw N-MNIST file per sample
   with ``tonic.io.read_mnist_file`` + ``tonic.transforms.ToFrame``, then the same mixing in torch;
 - ``npz_samples_per_s``: a torch DataLoader (2 workers) over per-sample ``.npz`` frame caches written
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tmkt.augment import AugmentConfig
 from tmkt.data import MixData, StaticsByClass, static_lut
 from tmkt.loader import LoaderConfig, MixLoader, endless
 from tmkt.mixing import mag_targets, mrp_targets, sample_cut, solve_p
@@ -35,6 +38,10 @@ from tmkt.reference import apply_mix
 #: tonic's own field layout for N-MNIST events
 NMNIST_DTYPE = np.dtype([("x", int), ("y", int), ("t", int), ("p", int)])
 NMNIST_SENSOR = (34, 34)
+#: every augmentation of tmkt.augment on, with magnitudes in the range papers use on event data
+AUGMENT_ALL = AugmentConfig(
+    crop_padding=4, hflip=True, roll=3, rotate=15, shear=15, cutout=8, drop_pixel=0.1, drop_time=0.2
+)
 
 
 class TonicFrames(torch.utils.data.Dataset):
@@ -197,14 +204,23 @@ def bench_one_size(
     seed: int = 0,
 ) -> dict:
     size = data.frame_size
-    loader = MixLoader(data, LoaderConfig(batch_size=batch_size, mode="mix", seed=seed, num_threads=workers))
-    loader.set_ratio(r_m)
 
-    def dali_epoch(epoch: int) -> MixLoader:
-        loader.set_epoch(epoch)
+    def dali_loader(augment: AugmentConfig | None) -> MixLoader:
+        cfg = LoaderConfig(batch_size=batch_size, mode="mix", seed=seed, num_threads=workers, augment=augment)
+        loader = MixLoader(data, cfg)
+        loader.set_ratio(r_m)
         return loader
 
-    dali = measure(dali_epoch, lambda b: len(b.labels), seconds)
+    def dali_epochs(loader: MixLoader) -> Callable[[int], MixLoader]:
+        def epoch_of(epoch: int) -> MixLoader:
+            loader.set_epoch(epoch)
+            return loader
+
+        return epoch_of
+
+    loader = dali_loader(None)
+    dali = measure(dali_epochs(loader), lambda b: len(b.labels), seconds)
+    augmented = measure(dali_epochs(dali_loader(AUGMENT_ALL)), lambda b: len(b.labels), seconds)
 
     mixer = TorchMixer(data, r_m, seed)
 
@@ -226,6 +242,7 @@ def bench_one_size(
         del npz_loader
     result = {
         "samples_per_s": round(dali, 1),
+        "augmented_samples_per_s": round(augmented, 1),
         "tonic_samples_per_s": None if tonic is None else round(tonic, 1),
         "npz_samples_per_s": round(npz, 1),
         "speedup_vs_tonic": None if tonic is None else round(dali / tonic, 2),

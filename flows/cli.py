@@ -157,6 +157,17 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     gc.add_argument("--json", action="store_true", help="print JSON")
     gc.set_defaults(func=_cmd_gc)
+    show = store.add_parser("show", help="draw a recording's frames, a static image or a mixed sequence")
+    show.add_argument("path")
+    show.add_argument("--index", type=int, required=True, help="recording (or image) index, within --split")
+    show.add_argument("--split", help="count --index within this split (train, val, test)")
+    show.add_argument("--kind", default="events", help="events | static | mixed (static, then events)")
+    show.add_argument("--cut", type=int, default=0, help="mixed: first event step t*, 1-based (0: middle)")
+    show.add_argument("--static", type=int, default=-1, help="mixed: static image index (-1: first of class)")
+    show.add_argument("--snapshot")
+    show.add_argument("--frames-key", help="frame representation (default: the store's)")
+    show.add_argument("--out", default="show.png", help="a .png (a panel per bin) or .gif (a frame per bin)")
+    show.set_defaults(func=_cmd_show)
 
     bench = sub.add_parser("bench", help="benchmarks against baselines in the same run")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="NAME")
@@ -244,6 +255,25 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     for snap in DatasetReader(args.path).history():
         print(f"{snap['id']}  {snap['written_at']}  {snap['message']}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from tmkt.plots import ShowConfig, ShowError, show_store
+
+    try:
+        cfg = ShowConfig(
+            index=args.index,
+            split=args.split,
+            kind=args.kind,
+            cut=args.cut,
+            static_index=args.static,
+            frames_key=args.frames_key,
+            snapshot=args.snapshot,
+        )
+        print(f"wrote {show_store(args.path, cfg, args.out)}")
+    except ShowError as err:
+        raise UserError(str(err)) from None
     return 0
 
 

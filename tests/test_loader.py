@@ -349,7 +349,7 @@ def test_loader_bench_reports_every_number(tmp_path):
     )
     assert json.loads((tmp_path / "bench.json").read_text()) == results
     row = results["34x34"]
-    for key in ("samples_per_s", "tonic_samples_per_s", "npz_samples_per_s"):
+    for key in ("samples_per_s", "augmented_samples_per_s", "tonic_samples_per_s", "npz_samples_per_s"):
         assert row[key] > 0
     assert row["speedup_vs_tonic"] == pytest.approx(
         row["samples_per_s"] / row["tonic_samples_per_s"], rel=0.01

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tmkt.augment import AugmentConfig
 from tmkt.methods import METHOD_NAMES, MethodConfig
 from tmkt.mixing import SCHEDULE_KINDS, RatioSchedule
 from tmkt.models import BACKBONES, NEURONS, SURROGATES, ModelConfig
@@ -31,6 +32,7 @@ OPTIMIZERS = ("adamw", "sgd")
 _SCHEDULE = RatioSchedule()
 _METHOD = MethodConfig()
 _MODEL = ModelConfig()
+_AUGMENT = AugmentConfig()
 
 
 def knob(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
@@ -77,10 +79,17 @@ class TrainConfig:
     cosine_lr: bool = knob(True, "cosine decay of the learning rate (else constant)")
     warmup_steps: int = knob(0, "steps of linear warmup")
     grad_clip: float = knob(0.0, "clip the gradient norm to this; 0 = off")
-    augment: bool = knob(True, "random crop (and flip, if hflip) of each sample")
+    augment: bool = knob(True, "augment each sample: crop, flip if hflip, and each one below set > 0")
     crop_padding: int = knob(4, "random crop with this much zero padding (augment)")
     # a mirror changes the class of digits and of left/right gestures, so flips are opt-in
     hflip: bool = knob(False, "random horizontal flip (augment); for object datasets, not digits")
+    # NDA and EventDrop augmentations (tmkt.augment), each off at 0
+    roll: int = knob(_AUGMENT.roll, "max circular shift in pixels along each axis (NDA roll)")
+    rotate: float = knob(_AUGMENT.rotate, "max rotation in degrees (NDA rotate)")
+    shear: float = knob(_AUGMENT.shear, "max horizontal shear angle in degrees (NDA shear)")
+    cutout: int = knob(_AUGMENT.cutout, "max side in pixels of a box set to zero (NDA cutout)")
+    drop_pixel: float = knob(_AUGMENT.drop_pixel, "probability that a pixel is dropped (EventDrop)")
+    drop_time: float = knob(_AUGMENT.drop_time, "max fraction of the steps dropped, one run (EventDrop)")
     # system
     # auto = bf16 on CUDA, off on CPU. Seen on an H200 (VGG-SNN, T=10, 48x48, batch 64): bf16 halves
     # the memory but eager steps ran ~20% slower than fp32 (the neurons' elementwise ops dominate);
@@ -104,6 +113,7 @@ class TrainConfig:
                 raise ValueError(f"unknown {spec.name} {value!r}; expected one of {choices}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        AugmentConfig.from_fields(self)  # checks the augmentation keys' ranges now, not at the first batch
 
     def model_config(self, mag_head: bool, mrp_head: bool) -> ModelConfig:
         return ModelConfig(

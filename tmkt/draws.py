@@ -1,5 +1,5 @@
-"""The host draws of a batch: every random choice (paired static, cut point, crop, flip), made with
-numpy on the host, and the mask ``t >= t*`` as a frame order.
+"""The host draws of a batch: every random choice (paired static, cut point, crop, flip, and the
+augmentations of `tmkt.augment`), made with numpy on the host, and the mask ``t >= t*`` as a frame order.
 
 Both mixers read them: the DALI loader (`tmkt.loader`) feeds them to its graph, and the pure-torch
 specification (`tmkt.reference`) applies them directly, so a test can give both the very same draws
@@ -13,29 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tmkt.augment import AugmentConfig, augment_active, draw_extra
 from tmkt.data import MixData, StaticsByClass
 from tmkt.mixing import sample_cut
-
-
-@dataclass
-class AugmentConfig:
-    """Random crop with zero padding and horizontal flip, the same for all steps of a sample."""
-
-    crop_padding: int = 4
-    hflip: bool = True
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
-
-    @property
-    def active(self) -> bool:
-        return self.enabled and (self.crop_padding > 0 or self.hflip)
-
-
-def augment_active(augment: AugmentConfig | None) -> bool:
-    return augment is not None and augment.active
 
 
 @dataclass
@@ -56,6 +36,14 @@ class Draws:
     cut: np.ndarray  # int64 [B] in 1..T+1 (T+1 = no cut)
     offset: np.ndarray  # int32 [B, 2]: crop start (y, x) relative to the frame, in [-pad, pad]
     flip: np.ndarray  # int32 [B]: 1 = mirror left-right
+    # tmkt.augment's draws (None = off): roll int32 [B, 2] (dy, dx); angle, shear float64 [B] degrees;
+    # cutout int32 [B, 4] (y, x, h, w); drop_pixel bool [B, H, W]; drop_time bool [B, T] (True = dropped)
+    roll: np.ndarray | None = None
+    angle: np.ndarray | None = None
+    shear: np.ndarray | None = None
+    cutout: np.ndarray | None = None
+    drop_pixel: np.ndarray | None = None
+    drop_time: np.ndarray | None = None
 
 
 def draw_batch(
@@ -90,7 +78,8 @@ def draw_batch(
         offset = (np.floor(rng.random((n, 2)) * (2 * pad + 1)) - pad).astype(np.int32)
         if augment.hflip:
             flip = (rng.random(n) < 0.5).astype(np.int32)
-    return Draws(static_index=static_index, cut=cut, offset=offset, flip=flip)
+    extra = draw_extra(augment, n, T, data.frame_size, rng)
+    return Draws(static_index=static_index, cut=cut, offset=offset, flip=flip, **extra)
 
 
 def frame_orders(cut: np.ndarray, T: int, mode: str) -> np.ndarray:

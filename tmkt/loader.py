@@ -12,13 +12,16 @@ How one batch is made:
 2. Gather (``_PairedFrames``): each recording's event counts as float32 followed by its paired
    static, mapped through the ``v / 255 * static_scale`` table and copied to both polarities:
    ``[T+1, 2, H, W]`` per sample. In host memory with numpy, or in GPU memory with torch when the data
-   is resident there (then only indices cross PCIe).
-3. DALI graph (``build_mix_graph``, one graph for CPU and GPU): crop with zero padding and mirror,
-   the same for all ``T+1`` frames of a sample, and mix with ``sequence_rearrange`` by the frame
-   order. That is ``out = s + (e - s) * mask`` for a 0/1 mask, done as a copy: exact, and one pass
-   over the batch. The cast and the static table belong to the gather, which touches every value
-   anyway: as separate DALI operators on the CPU they cost three more passes, and the loader ran at
-   half its speed.
+   is resident there (then only indices cross PCIe). With roll, rotation, shear, cutout or pixel drop
+   on (``tmkt.augment``), the gather goes through the sample's integer source map, which then holds
+   the crop and the mirror too; with time drop an all-zero frame follows, for the dropped steps of
+   the frame order to point at.
+3. DALI graph (``build_mix_graph``, one graph for CPU and GPU): crop with zero padding and mirror
+   (unless the source map did them), the same for all ``T+1`` frames of a sample, and mix with
+   ``sequence_rearrange`` by the frame order. That is ``out = s + (e - s) * mask`` for a 0/1 mask,
+   done as a copy: exact, and one pass over the batch. The cast and the static table belong to the
+   gather, which touches every value anyway: as separate DALI operators on the CPU they cost three
+   more passes, and the loader ran at half its speed.
 4. Outputs go to torch: shared through DLPack on the CPU (no copy), copied on the current stream
    through ``feed_ndarray`` on the GPU.
 
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tmkt.augment import drop_steps, drops_time, gather_pixels, remap_torch, source_map
 from tmkt.data import MixData, static_lut
 from tmkt.draws import AugmentConfig, MixedBatch, augment_active, draw_batch, frame_orders
 from tmkt.mixing import mag_targets, mrp_targets, solve_p
@@ -90,7 +94,7 @@ def build_mix_graph(
     H, W = shape
     if to_gpu:
         frames = frames.gpu()
-    if augment_active(augment):
+    if augment_active(augment) and not augment.warps:  # with a source map, the gather crops and mirrors
         if augment.crop_padding > 0:
             frames = fn.slice(
                 frames, start=host["offset"], shape=[H, W], axis_names="HW", out_of_bounds_policy="pad"
@@ -106,16 +110,21 @@ def build_mix_graph(
 class _PairedFrames:
     """Per batch, each recording's event frames followed by its paired static frame, as float32
     ``[B, F, 2, H, W]``: the graph's input. The static goes through the ``static_lut`` table and into
-    both polarity channels here, during the gather, which touches every byte anyway.
+    both polarity channels here, during the gather, which touches every byte anyway. With time drop
+    on, one all-zero frame follows (``zero_slot``), for the dropped steps to point at; with a source
+    map (``tmkt.augment.source_map``), every frame of a sample is gathered through it.
 
     On the host the gather is numpy (a row copy-and-cast per sample: cheaper than a gather then a
-    cast); with the data resident on the GPU it is torch, and only the indices cross PCIe.
+    cast), or the compiled ``gather_pixels`` with a source map; with the data resident on the GPU it
+    is torch, and only the indices cross PCIe.
     """
 
-    def __init__(self, data: MixData, mode: str, on_gpu: bool) -> None:
+    def __init__(self, data: MixData, mode: str, on_gpu: bool, zero_frame: bool = False) -> None:
         self.time_steps = data.time_steps if mode != "static" else 0
         self.with_static = mode != "event"
-        self.shape = (1 if mode == "static" else self.time_steps + self.with_static, 2, *data.frame_size)
+        self.static_slot = self.time_steps  # 0 in mode "static", where the static is the only frame
+        self.zero_slot = self.time_steps + self.with_static
+        self.shape = (self.zero_slot + zero_frame, 2, *data.frame_size)
         self.events, self.statics, self.lut = (
             data.event_frames,
             data.static_frames,
@@ -128,19 +137,31 @@ class _PairedFrames:
             self.statics = torch.from_numpy(self.statics).cuda() if self.with_static else None
             self.lut = torch.from_numpy(self.lut).cuda()
 
-    def take(self, index: np.ndarray, static_index: np.ndarray):
-        return self._take_gpu(index, static_index) if self.on_gpu else self._take_host(index, static_index)
+    def take(self, index: np.ndarray, static_index: np.ndarray, mapping: np.ndarray | None = None):
+        if self.on_gpu:
+            return self._take_gpu(index, static_index, mapping)
+        return self._take_host(index, static_index, mapping)
 
-    def _take_host(self, index: np.ndarray, static_index: np.ndarray) -> np.ndarray:
-        T = self.time_steps
-        out = np.empty((len(index), *self.shape), dtype=np.float32)
-        for row, i in enumerate(index.tolist() if T else []):
-            out[row, :T] = self.events[i]
+    def _take_host(self, index: np.ndarray, static_index: np.ndarray, mapping) -> np.ndarray:
+        T, (B, K) = self.time_steps, (len(index), self.shape[-2] * self.shape[-1])
+        out = np.empty((B, *self.shape), dtype=np.float32)
+        if mapping is not None and T:
+            events = self.events.reshape(len(self.events), 2 * T, K)
+            gather_pixels(events, index, mapping, out[:, :T].reshape(B, 2 * T, K))
+        else:
+            for row, i in enumerate(index.tolist() if T else []):
+                out[row, :T] = self.events[i]
         if self.with_static:
-            out[:, -1] = self.lut[self.statics[static_index]][:, None]
+            statics = self.lut[self.statics[static_index]]
+            if mapping is not None:
+                warped = np.empty_like(statics)
+                gather_pixels(statics.reshape(B, 1, K), np.arange(B), mapping, warped.reshape(B, 1, K))
+                statics = warped
+            out[:, self.static_slot] = statics[:, None]
+        out[:, self.zero_slot :] = 0
         return out
 
-    def _take_gpu(self, index: np.ndarray, static_index: np.ndarray) -> torch.Tensor:
+    def _take_gpu(self, index: np.ndarray, static_index: np.ndarray, mapping) -> torch.Tensor:
         T, device = self.time_steps, self.lut.device
         out = torch.empty((len(index), *self.shape), dtype=torch.float32, device=device)
         if T:
@@ -148,7 +169,10 @@ class _PairedFrames:
             out[:, :T] = rows.int().bitwise_and_(0xFFFF)  # the int16 bits back to their uint16 counts
         if self.with_static:
             statics = self.statics.index_select(0, torch.from_numpy(static_index).to(device))
-            out[:, -1] = self.lut[statics.long()][:, None]
+            out[:, self.static_slot] = self.lut[statics.long()][:, None]
+        if mapping is not None:
+            out[:, : self.zero_slot] = remap_torch(out[:, : self.zero_slot], mapping)
+        out[:, self.zero_slot :] = 0
         torch.cuda.current_stream().synchronize()  # DALI reads it on its own stream
         return out
 
@@ -214,13 +238,14 @@ class MixLoader:
                 raise ValueError(
                     f"classes {missing.tolist()} have recordings but no static image to pair with"
                 )
-        self._frames = _PairedFrames(data, cfg.mode, on_gpu=self.resident)
+        self._frames = _PairedFrames(data, cfg.mode, on_gpu=self.resident, zero_frame=drops_time(cfg.augment))
         # host inputs of the graph; crop offsets and flips only when the graph uses them
         augment = cfg.augment if augment_active(cfg.augment) else None
         self._host_parts = ["order", "mag", "labels", "mrp", "index"]
         self._host_parts += ["static_order"] if cfg.mode == "pair" else []
-        self._host_parts += ["offset"] if augment and augment.crop_padding > 0 else []
-        self._host_parts += ["flip"] if augment and augment.hflip else []
+        in_graph = augment is not None and not augment.warps  # else the source map crops and mirrors
+        self._host_parts += ["offset"] if in_graph and augment.crop_padding > 0 else []
+        self._host_parts += ["flip"] if in_graph and augment.hflip else []
         self._pipe = None
         self._open_epoch = None
         self._epoch = 0
@@ -297,10 +322,10 @@ class MixLoader:
 
     def _produce(self, index: np.ndarray, rng: np.random.Generator) -> tuple[list, list]:
         draws = draw_batch(self.data, index, self._p, rng, self.cfg.augment, self.cfg.mode, self._statics)
-        T = self.data.time_steps
+        T, zero = self.data.time_steps, self._frames.zero_slot
         parts = {
-            "order": frame_orders(draws.cut, T, self.cfg.mode),
-            "static_order": np.full((len(index), T), T, dtype=np.int32),
+            "order": drop_steps(frame_orders(draws.cut, T, self.cfg.mode), draws.drop_time, zero),
+            "static_order": drop_steps(np.full((len(index), T), T, dtype=np.int32), draws.drop_time, zero),
             "mag": mag_targets(draws.cut, T),
             "offset": draws.offset,
             "flip": draws.flip,
@@ -309,7 +334,8 @@ class MixLoader:
             "index": index.astype(np.int64),
         }
         host = [parts[name] for name in self._host_parts]
-        return host, self._frames.take(index, draws.static_index)
+        mapping = source_map(draws, self.data.frame_size, crop_flip=True)
+        return host, self._frames.take(index, draws.static_index, mapping)
 
     def _pipeline(self):
         """The DALI pipeline and the feed its sources read, built together (one feed per pipeline)."""

@@ -1,5 +1,6 @@
-"""Learning curves and result tables over run directories written by ``tmkt.train``, and the
-pictures of a report (the r_m schedule of a run, example static, event and mixed frames).
+"""Learning curves and result tables over run directories written by ``tmkt.train``, the pictures
+of a report (the r_m schedule of a run, example static, event and mixed frames), and pictures of a
+store's frames (``show_store``, behind ``tmkt store show``).
 
 Runs are grouped by method (``method/tag`` when the run's config has a ``tag``), so several seeds
 of one method become one curve and one table row: mean and spread over seeds.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from PIL import Image
 
 matplotlib.use("Agg")  # files only; no display on training machines
 
@@ -205,3 +207,188 @@ def report_pictures(store: str | Path, run_config: dict[str, Any], out: str | Pa
         "schedule": ratio_schedule_png(run_config, out / "ratio_schedule.png", time_steps),
         "frames": example_frames_png(store, out / "frames.png"),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures of a store's frames
+
+#: RGB of each polarity channel. OFF and ON add up to grey where both are equal, so a static image
+#: (the same values in both channels, as the loader feeds it) shows in grey beside coloured events.
+POLARITY_COLOURS = {0: (0.0, 1.0, 1.0), 1: (1.0, 0.0, 0.0)}
+POLARITY_NAMES = {0: "OFF (p=0)", 1: "ON (p=1)"}
+SHOW_KINDS = ("events", "static", "mixed")
+PANELS_PER_ROW = 10
+
+
+class ShowError(ValueError):
+    """An index, split, kind or cut that does not fit the store (one line for the user)."""
+
+
+@dataclass
+class ShowConfig:
+    """What to draw: recording (or static image) ``index``, counted within ``split`` when given.
+
+    ``mixed``: the static image before step ``cut`` (1-based, the loader's ``t*``; 0 = the middle)
+    and the recording's frames from it on, the static paired as ``static_index`` (-1 = the first
+    static image of the recording's class) and scaled as the loader scales it.
+    """
+
+    index: int
+    split: str | None = None
+    kind: str = "events"
+    cut: int = 0
+    static_index: int = -1
+    frames_key: str | None = None
+    snapshot: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SHOW_KINDS:
+            raise ShowError(f"kind must be one of {SHOW_KINDS}, got {self.kind!r}")
+
+
+@dataclass
+class FrameSequence:
+    """Frames to draw: float32 ``[T, 2, H, W]`` with a title per step and one for the picture."""
+
+    frames: np.ndarray
+    step_titles: list[str]
+    title: str
+    unit: str  # what the colour scale measures
+    static_steps: int = 0  # steps drawn from a static image (grey in the legend)
+
+
+def _pick(count: int, index: int, split: str | None, splits: np.ndarray, what: str) -> int:
+    """The store-wide position of item ``index`` of ``split`` (or of all items)."""
+    from storage.schema import SPLITS
+
+    if split is not None and split not in SPLITS:
+        raise ShowError(f"unknown split {split!r}; expected one of {SPLITS}")
+    positions = np.arange(count) if split is None else np.flatnonzero(splits == SPLITS.index(split))
+    if not 0 <= index < len(positions):
+        where = f"split {split!r}" if split else "the store"
+        raise ShowError(f"{what} index {index} out of range: {where} holds {len(positions)}")
+    return int(positions[index])
+
+
+def load_sequence(store: str | Path, cfg: ShowConfig) -> FrameSequence:
+    """Read what ``cfg`` names from a store snapshot."""
+    from storage.reader import DatasetReader
+    from tmkt.data import static_lut, static_scale_of
+
+    reader = DatasetReader(store, cfg.snapshot)
+    try:
+        spec = reader.frame_spec(cfg.frames_key)
+    except KeyError as err:
+        raise ShowError(str(err).strip("'\"")) from None
+    key, classes = spec.key, reader.classes
+    if cfg.kind == "static":
+        j = _pick(reader.n_images, cfg.index, cfg.split, reader.image_splits, "static image")
+        image = reader.static_frames(key)[j].astype(np.float32)
+        title = f"static image {j} ({classes[reader.image_labels[j]]})"
+        return FrameSequence(np.stack([image, image])[None], ["static"], title, "intensity (0-255)", 1)
+    i = _pick(reader.n_recordings, cfg.index, cfg.split, reader.splits, "recording")
+    events = reader.event_frames(key, np.array([i]))[0].astype(np.float32)
+    T, label = len(events), int(reader.labels[i])
+    title = f"recording {i} ({classes[label]}), {T} bins of {spec.size[0]}x{spec.size[1]}"
+    sources = reader.attrs.get("recording_sources")
+    title += f", {Path(sources[i]).name}" if sources else ""
+    if cfg.kind == "events":
+        return FrameSequence(events, [f"t={t}" for t in range(1, T + 1)], title, "events per pixel and bin")
+    cut = cfg.cut or T // 2 + 1
+    if not 1 <= cut <= T + 1:
+        raise ShowError(f"cut must lie in 1..{T + 1} (T+1 = all static), got {cut}")
+    if cfg.static_index >= 0:
+        j = _pick(reader.n_images, cfg.static_index, None, reader.image_splits, "static image")
+    else:
+        same = np.flatnonzero(reader.image_labels == label)
+        if not len(same):
+            raise ShowError(f"no static image of class {classes[label]!r} to pair recording {i} with")
+        j = int(same[0])
+    static = reader.static_frames(key)[j]
+    scaled = static_lut(static_scale_of(events[None], static[None]))[static]
+    frames = events.copy()
+    frames[: cut - 1] = scaled
+    steps = [f"t={t} {'static' if t < cut else 'events'}" for t in range(1, T + 1)]
+    title += f" after static image {j} (cut t*={cut})"
+    return FrameSequence(frames, steps, title, "events per pixel and bin; static scaled to match", cut - 1)
+
+
+def polarity_rgb(frames: np.ndarray, vmax: float) -> np.ndarray:
+    """float ``[T, H, W, 3]`` in 0..1: each polarity's count / ``vmax`` in its colour, added up."""
+    scaled = np.clip(frames / vmax, 0.0, 1.0)
+    colours = np.array([POLARITY_COLOURS[0], POLARITY_COLOURS[1]])  # [2, 3]
+    return np.clip(np.einsum("tphw,pc->thwc", scaled, colours), 0.0, 1.0)
+
+
+def _scale_and_legend(fig, axes, seq: FrameSequence, vmax: float) -> None:
+    """One colour bar per colour drawn (0..vmax) and a legend of the polarity colours."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LinearSegmentedColormap, Normalize
+    from matplotlib.patches import Patch
+
+    shown = {}
+    if seq.static_steps < len(seq.frames):
+        shown.update({POLARITY_NAMES[p]: POLARITY_COLOURS[p] for p in (1, 0)})
+    if seq.static_steps:
+        shown["static (both channels)"] = (1.0, 1.0, 1.0)
+    for name, colour in shown.items():
+        cmap = LinearSegmentedColormap.from_list(name, [(0, 0, 0), colour])
+        bar = fig.colorbar(ScalarMappable(Normalize(0, vmax), cmap), ax=axes, shrink=0.8, pad=0.01)
+        bar.set_label(name, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    handles = [Patch(facecolor=colour, edgecolor="black", label=name) for name, colour in shown.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"{seq.title}\ncolour scale: {seq.unit}", fontsize=9)
+
+
+def sequence_figure(seq: FrameSequence, steps: list[int] | None = None):
+    """A figure with one panel per step (``steps``, default all), ``PANELS_PER_ROW`` to a row.
+
+    Returns ``(figure, panels)``; ``panels[k]`` is the axes of the k-th step drawn.
+    """
+    steps = list(range(len(seq.frames))) if steps is None else steps
+    vmax = float(seq.frames.max()) or 1.0
+    rgb = polarity_rgb(seq.frames[steps], vmax)
+    cols = min(len(steps), PANELS_PER_ROW)
+    rows = -(-len(steps) // cols)
+    fig, grid = plt.subplots(
+        rows, cols, figsize=(1.6 * cols + 1.6, 1.6 * rows + 1.1), squeeze=False, layout="constrained"
+    )
+    panels = []
+    for k, ax in enumerate(grid.flat):
+        ax.set_axis_off()
+        if k < len(steps):
+            ax.imshow(rgb[k], interpolation="nearest")
+            ax.set_title(seq.step_titles[steps[k]], fontsize=8)
+            panels.append(ax)
+    _scale_and_legend(fig, grid, seq, vmax)
+    return fig, panels
+
+
+def _figure_image(fig) -> Image.Image:
+    fig.canvas.draw()
+    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+
+
+def write_sequence(seq: FrameSequence, out: str | Path, dpi: int = 100) -> Path:
+    """A PNG with every step side by side, or an animated GIF (one frame per step) for ``*.gif``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".gif":
+        pictures = []
+        for t in range(len(seq.frames)):
+            fig, _ = sequence_figure(seq, [t])
+            fig.set_dpi(dpi)
+            pictures.append(_figure_image(fig))
+            plt.close(fig)
+        pictures[0].save(out, save_all=True, append_images=pictures[1:], duration=400, loop=0)
+    else:
+        fig, _ = sequence_figure(seq)
+        fig.savefig(out, dpi=dpi)
+        plt.close(fig)
+    return out
+
+
+def show_store(store: str | Path, cfg: ShowConfig, out: str | Path) -> Path:
+    """``tmkt store show``: draw what ``cfg`` names from ``store`` into ``out`` (PNG or GIF)."""
+    return write_sequence(load_sequence(store, cfg), out)

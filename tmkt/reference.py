@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tmkt.augment import EXTRA_FIELDS, AugmentConfig, augment_active, remap_torch, source_map, zero_steps
 from tmkt.data import MixData, static_lut
-from tmkt.draws import AugmentConfig, Draws, MixedBatch, augment_active, draw_batch
+from tmkt.draws import Draws, MixedBatch, draw_batch
 from tmkt.mixing import mag_targets, mrp_targets, solve_p
 
 
@@ -64,6 +65,12 @@ def shift_and_flip(images: torch.Tensor, offset: np.ndarray, flip: np.ndarray) -
     return out
 
 
+def warp(images: torch.Tensor, mapping: np.ndarray | None) -> torch.Tensor:
+    """``images [B, ..., H, W]`` through a per-sample source map (``tmkt.augment.source_map``): the
+    roll, rotation, shear, cutout and pixel drop, all of a sample's frames alike."""
+    return images if mapping is None else remap_torch(images, mapping)
+
+
 def mix_batch_reference(
     data: MixData,
     indices: np.ndarray,
@@ -81,28 +88,34 @@ def mix_batch_reference(
     the event ratio ``r_m``; the same crop and flip for the events and their static; then the mix
     and the MAG / MRP targets. ``draws`` (or the state of ``rng``) fixes every random choice, so the
     loader fed the same draws must return the same tensors. Modes as in ``LoaderConfig.mode``.
+    The augmentations of ``tmkt.augment`` act before the crop (the source map, on events and static
+    alike) and after the mix (time drop, on every sequence of the sample).
     """
     indices = np.asarray(indices, dtype=np.int64)
     T = data.time_steps
     if draws is None:
         draws = draw_batch(data, indices, solve_p(r_m, T), rng, augment, mode)
-    if not augment_active(augment) and (draws.offset.any() or draws.flip.any()):
-        raise ValueError("draws carry a crop or flip but augmentation is off")
+    extra = [getattr(draws, name) is not None for name in EXTRA_FIELDS]
+    if not augment_active(augment) and (draws.offset.any() or draws.flip.any() or any(extra)):
+        raise ValueError("draws carry an augmentation but augmentation is off")
     fixed_cut = {"event": 1, "pair": 1, "static": T + 1}.get(mode)
     if fixed_cut is not None and np.any(draws.cut != fixed_cut):
         raise ValueError(f"mode {mode!r} fixes the cut at {fixed_cut}")
+    mapping = source_map(draws, data.frame_size)
     events = static_seq = None
     if mode != "static":
         events = torch.from_numpy(data.event_frames[indices].astype(np.float32))
-        events = shift_and_flip(events, draws.offset, draws.flip)
+        events = shift_and_flip(warp(events, mapping), draws.offset, draws.flip)
     if mode != "event":
         lut = torch.from_numpy(static_lut(data.static_scale))
         statics = lut[torch.from_numpy(data.static_frames[draws.static_index]).long()]
-        static_seq = expand_static(shift_and_flip(statics, draws.offset, draws.flip), T)
+        static_seq = expand_static(shift_and_flip(warp(statics, mapping), draws.offset, draws.flip), T)
     if mode == "mix":
         frames = apply_mix(static_seq, events, draws.cut)
     else:
         frames = static_seq if mode == "static" else events
+    frames = zero_steps(frames, draws.drop_time)
+    static_seq = zero_steps(static_seq, draws.drop_time) if static_seq is not None else None
     return MixedBatch(
         frames=frames,
         labels=torch.from_numpy(data.event_labels[indices]),

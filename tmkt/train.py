@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from tmkt.augment import AugmentConfig
 from tmkt.config import TrainConfig, parse_args
 from tmkt.evaluate import accuracy_on, checkpoint_metadata, eval_loader
 from tmkt.methods import Method, build_method
@@ -130,9 +131,9 @@ def in_memory_datasets(data, val_data, test_data) -> Datasets:
 
 
 def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.device):
-    from tmkt.loader import AugmentConfig, LoaderConfig, MixLoader
+    from tmkt.loader import LoaderConfig, MixLoader
 
-    augment = AugmentConfig(crop_padding=cfg.crop_padding, hflip=cfg.hflip, enabled=cfg.augment)
+    augment = AugmentConfig.from_fields(cfg)
     lcfg = LoaderConfig(
         batch_size=cfg.batch_size,
         mode=mode,

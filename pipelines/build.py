@@ -702,6 +702,7 @@ def _write_provenance(
                 "frames_key": spec.key,
                 "sensor_size": sensor_size,
                 "split_rule": config.source_adapter().split_rule,
+                "orientation": config.source_adapter().orientation,
                 "splits": list(SPLITS),
                 "build_params": {k: v for k, v in asdict(config).items()},
                 "data_params": config.data_params(),

@@ -182,5 +182,6 @@ class DatasetReader:
             "frames": frames,
             "frames_key": self.attrs.get("frames_key"),
             "split_rule": self.attrs.get("split_rule"),
+            "orientation": self.attrs.get("orientation"),
             "report": self.report,
         }

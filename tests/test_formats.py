@@ -141,9 +141,9 @@ def test_nmnist_exact_bytes(tmp_path):
     assert path.read_bytes() == bytes([0, 1, 0x00, 0x01, 0x02, 3, 33, 0x80 | 0x4A, 0xBC, 0xDE])
 
 
-def test_aedat2_exact_bytes_and_cifar10dvs_axes(tmp_path):
-    # DVS128 raw address: x_raw bits 1-7, y_raw bits 8-14, p_raw bit 0;
-    # read as x = 127 - y_raw, y = 127 - x_raw, p = 1 - p_raw
+def test_aedat2_exact_bytes_and_jaer_image_axes(tmp_path):
+    # DVS128 raw address: x_raw bits 1-7, y_raw bits 8-14, p_raw bit 0; jAER mirrors x, its y
+    # points up and raw polarity 0 is ON: read as x = 127 - x_raw, y = 127 - y_raw, p = 1 - p_raw
     x_raw, y_raw, p_raw, t = 5, 100, 0, 123456
     path = tmp_path / "a.aedat"
     path.write_bytes(
@@ -151,7 +151,7 @@ def test_aedat2_exact_bytes_and_cifar10dvs_axes(tmp_path):
     )
     events, size = read_aedat2(path)
     assert size == (128, 128)
-    assert events.tolist() == [(127 - y_raw, 127 - x_raw, t, 1)]
+    assert events.tolist() == [(127 - x_raw, 127 - y_raw, t, 1)]
     write_aedat2(tmp_path / "b.aedat", events)
     assert (
         (tmp_path / "b.aedat").read_bytes().endswith(struct.pack(">Ii", y_raw << 8 | x_raw << 1 | p_raw, t))
@@ -161,7 +161,7 @@ def test_aedat2_exact_bytes_and_cifar10dvs_axes(tmp_path):
 def test_aedat2_drops_special_and_aps_records(tmp_path):
     dvs128 = tmp_path / "dvs.aedat"
     dvs128.write_bytes(b"#!AER-DAT2.0\n" + struct.pack(">IiIi", 0x8000 | 2, 1, 2, 5))
-    assert read_aedat2(dvs128)[0].tolist() == [(127, 126, 5, 1)]
+    assert read_aedat2(dvs128)[0].tolist() == [(126, 127, 5, 1)]
     davis = tmp_path / "davis.aedat"
     header = b"#!AER-DAT2.0\r\n# AEChip: eu.seebetter.ini.chips.davis.Davis346red\r\n"
     dvs_event = 7 << 22 | 9 << 12 | 1 << 11

@@ -15,6 +15,10 @@ timestamp; the full time is ``eventTSOverflow << 31 | timestamp``. Packets of ot
 The sensor size comes from the ``#Source <id>: <name>`` header line: a known device name
 (DVS128, DAVIS240, DAVIS346, DVXplorer) or a ``<W>x<H>`` token in the name (what the writer
 puts there for other sizes); without one the sensor is taken to be a DVS128.
+
+Orientation: cAER/libcaer write image coordinates (origin top-left, y down; libcaer's device
+drivers already undo the chip's mirrored addresses), so x and y are read as stored, as tonic's
+``DVSGesture`` does.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Prophesee recordings: DAT files (N-CARS and other Prophesee datasets) and EVT 2.0 RAW files.
 
+Orientation: Metavision writes image coordinates (origin top-left, y down), read as stored, as
+expelliarmus and Metavision's own readers give them.
+
 Both start with ASCII header lines ``% <keyword> <value>``. The sensor size comes from the
 header (``% Width``/``% Height``, ``% geometry WxH``, ``% format ...;width=W;height=H``, or
 the Gen3 / Gen4 camera plugin name); without any of them it is ``max x + 1, max y + 1``

@@ -52,6 +52,9 @@ class SplitParams:
     test_fraction: float = DEFAULT_TEST_FRACTION
     split_seed: int = 0
     published_split: ClassVar[str] = "no published split"
+    #: how event coordinates relate to what the camera saw, recorded in the store; a dataset whose
+    #: published readers show its recordings turned says so and applies that transform in ``decode``
+    orientation: ClassVar[str] = "as the camera saw them: x = column, y = row, row 0 on top"
 
     @property
     def split_rule(self) -> str:
@@ -66,6 +69,8 @@ class Source(Protocol):
     name: str
     #: how recordings without a fixed split are divided, recorded in the store
     split_rule: str
+    #: how event coordinates relate to the camera's image, recorded in the store
+    orientation: str
 
     def list(self, raw: Path, static: Path | None) -> Listing: ...
 

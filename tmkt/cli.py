@@ -25,6 +25,7 @@ PASSTHROUGH: dict[str, tuple[str, str]] = {
 }
 BENCHES: dict[str, tuple[str, str]] = {
     "ingest": ("pipelines.bench_ingest", "decode + bin + write events/s against tonic"),
+    "decode": ("pipelines.bench_decode", "each event format's reader, events/s against tonic / expelliarmus"),
     "loader": ("tmkt.bench_loader", "mixed samples/s of the DALI loader against DataLoader baselines"),
     "train": ("tmkt.bench_train", "training samples/s and data-wait share per backbone"),
 }

@@ -19,7 +19,7 @@ from pipelines.formats.cifar import read_cifar_batch, read_cifar_meta, write_cif
 from pipelines.formats.idx import read_idx, write_idx
 from pipelines.formats.images import read_image
 from pipelines.formats.nmnist import read_nmnist, write_nmnist
-from pipelines.formats.prophesee import read_evt2, read_prophesee_dat
+from pipelines.formats.prophesee import read_prophesee_dat, read_prophesee_raw
 
 EVENT_SUFFIXES: tuple[str, ...] = (".bin", ".aedat", ".aedat4", ".dat", ".raw")
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
@@ -38,7 +38,7 @@ __all__ = [
     "read_aedat4",
     "write_aedat4",
     "read_prophesee_dat",
-    "read_evt2",
+    "read_prophesee_raw",
     "read_idx",
     "write_idx",
     "read_cifar_batch",
@@ -76,7 +76,7 @@ READERS = {
     ".aedat": _read_aedat,
     ".aedat4": read_aedat4,
     ".dat": read_prophesee_dat,
-    ".raw": read_evt2,
+    ".raw": read_prophesee_raw,
 }
 
 

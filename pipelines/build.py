@@ -71,6 +71,9 @@ class BuildConfig:
     store: str
     static: str | None = None
     time_bins: int = 10
+    window_us: int = field(
+        default=0, metadata={"help": "bin by windows of this many us (0: T bins over the whole recording)"}
+    )
     size: tuple[int, int] | None = None
     mode: str = "time"
     denoise_us: int = 0
@@ -97,7 +100,9 @@ class BuildConfig:
     def frame_spec(self) -> FrameSpec:
         size = self.size or DEFAULT_SIZES.get(self.source, (48, 48))
         fit = self.static_fit or DEFAULT_STATIC_FITS.get(self.source, "resize")
-        return FrameSpec(self.time_bins, tuple(size), self.mode, self.denoise_us, self.static_mode, fit)
+        return FrameSpec(
+            self.time_bins, tuple(size), self.mode, self.denoise_us, self.static_mode, fit, self.window_us
+        )
 
     def effective_test_fraction(self) -> float:
         return float(self.source_adapter().test_fraction)

@@ -234,9 +234,13 @@ def _build_summary(snapshot: str, committed: bool, report: dict) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from pipelines.sources import SOURCES
     from storage.reader import DatasetReader
 
-    info = DatasetReader(args.path, args.snapshot).info()
+    reader = DatasetReader(args.path, args.snapshot)
+    info = reader.info()
+    published = getattr(SOURCES.get(info["source"]), "published", None)
+    info["count_warnings"] = published.warnings(info["classes"], reader.manifest) if published else []
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -248,6 +252,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  frames {key}: events {frames['events_shape']}, static {frames['static_shape']}")
     for row in info["quarantined"]:
         print(f"  quarantined {row['path']}: {row['reason']}")
+    if info["count_warnings"]:
+        print(f"  warning: the recordings differ from the published download ({published.source}):")
+        print("\n".join(f"    {line}" for line in info["count_warnings"]))
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from pipelines.errors import BadInput
 from pipelines.formats import read_events
 from pipelines.formats.cifar import read_cifar_batch
-from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
+from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem
 from pipelines.sources.folder import class_folder_events, require_dir
 
 CIFAR10DVS_CLASSES = [
@@ -97,6 +97,12 @@ def transpose(events: np.ndarray) -> np.ndarray:
 class CIFAR10DVSSource(SplitParams):
     name: str = "cifar10dvs"
     published_split = "no published split (9:1 per class)"
+    #: 1,000 per class: spikingjelly's CIFAR10DVSTEBNSplit takes samples 0-99 of each class for
+    #: test and 100-999 for train
+    published = PublishedCounts(
+        "CIFAR10-DVS: 1,000 recordings per class",
+        per_class={"all": dict.fromkeys(CIFAR10DVS_CLASSES, 1000)},
+    )
     orientation = (
         "as CIFAR10-DVS's published readers show it: AEDAT 2.0 originals transposed from the "
         "camera's image (x = 127 - y_raw, y = 127 - x_raw, p = 1 - p_raw); AEDAT 4 repack as stored"

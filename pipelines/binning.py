@@ -187,6 +187,13 @@ def bin_slices(events: np.ndarray, sensor_size: tuple[int, int], spec: FrameSpec
     return frames.reshape(slices, spec.time_bins, *frames.shape[1:])
 
 
+def frames_of(events: np.ndarray, sensor_size: tuple[int, int], spec: FrameSpec) -> np.ndarray:
+    """The samples one recording gives under ``spec``: ``[S, T, 2, H', W']``, S = 1 unless sliced."""
+    if spec.slices:
+        return bin_slices(events, sensor_size, spec)
+    return bin_events(events, sensor_size, spec)[None]
+
+
 def _check_events(events: np.ndarray, width: int, height: int) -> None:
     """Out-of-range values would silently land in another pixel or bin: refuse them."""
     if width < 1 or height < 1:

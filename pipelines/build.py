@@ -28,7 +28,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from pipelines.binning import bin_events
+from pipelines.binning import frames_of
 from pipelines.errors import BadInput
 from pipelines.images import static_frames
 from pipelines.sources import get_source
@@ -74,6 +74,9 @@ class BuildConfig:
     window_us: int = field(
         default=0, metadata={"help": "bin by windows of this many us (0: T bins over the whole recording)"}
     )
+    slices: bool = field(
+        default=False, metadata={"help": "cut each recording into samples of T windows (needs window_us)"}
+    )
     size: tuple[int, int] | None = None
     mode: str = "time"
     denoise_us: int = 0
@@ -101,7 +104,14 @@ class BuildConfig:
         size = self.size or DEFAULT_SIZES.get(self.source, (48, 48))
         fit = self.static_fit or DEFAULT_STATIC_FITS.get(self.source, "resize")
         return FrameSpec(
-            self.time_bins, tuple(size), self.mode, self.denoise_us, self.static_mode, fit, self.window_us
+            self.time_bins,
+            tuple(size),
+            self.mode,
+            self.denoise_us,
+            self.static_mode,
+            fit,
+            self.window_us,
+            self.slices,
         )
 
     def effective_test_fraction(self) -> float:
@@ -248,10 +258,11 @@ class BatchResult:
     events: dict[str, np.ndarray]  # field -> the good recordings' values, concatenated
     counts: np.ndarray  # events per good recording
     sensors: np.ndarray  # [n_good, 2] (width, height)
-    frames: dict[str, np.ndarray]  # key -> [n_good, T, 2, H, W]
+    frames: dict[str, np.ndarray]  # key -> [samples, T, 2, H, W]
+    samples: dict[str, np.ndarray]  # key -> samples per good recording (1 unless the spec slices)
 
     def meta(self) -> dict[str, Any]:
-        return {"rows": self.rows, "counts": self.counts, "sensors": self.sensors}
+        return {"rows": self.rows, "counts": self.counts, "sensors": self.sensors, "samples": self.samples}
 
     def part(self, name: str) -> np.ndarray:
         """The rows of one store array: "events/<field>" or "frames/<key>/events"."""
@@ -296,7 +307,7 @@ def process_batch(
         row["data_hash"] = events_digest(ev)
         for spec in plan.specs:
             old = previous.frames.get(spec.key, {}).get(w.previous_index) if reused is not None else None
-            frames[spec.key].append(old if old is not None else bin_events(ev, sensor, spec))
+            frames[spec.key].append(old[None] if old is not None else frames_of(ev, sensor, spec))
         rows.append(row)
         events.append(ev)
         sensors.append(sensor)
@@ -310,7 +321,10 @@ def process_batch(
         },
         counts=np.array([len(e) for e in events], dtype=np.int64),
         sensors=np.array(sensors, dtype=np.int64).reshape(-1, 2),
-        frames={k: np.stack(v) if v else np.zeros((0, *spec_shape[k]), np.uint16) for k, v in frames.items()},
+        frames={
+            k: np.concatenate(v) if v else np.zeros((0, *spec_shape[k]), np.uint16) for k, v in frames.items()
+        },
+        samples={k: np.array([len(f) for f in v], dtype=np.int64) for k, v in frames.items()},
     )
 
 
@@ -351,7 +365,7 @@ class _PreviousBatch:
             frames={
                 spec.key: dict(zip(wanted, previous.event_frames(spec.key, index), strict=True))
                 for spec in plan.specs
-                if spec.key in have
+                if spec.key in have and not spec.slices  # sliced frames are binned again
             },
         )
 
@@ -604,7 +618,6 @@ def _write_recordings(
     tx.write_array("events/height", sensors[:, 1].astype(np.uint16))
 
     event_rows = [int(m["counts"].sum()) for m in metas]
-    sample_rows = [len(m["counts"]) for m in metas]
     writes = []
     for name in EVENT_DTYPE.names:
         target = tx.create_array(f"events/{name}", (int(offsets[-1]),), EVENT_DTYPE[name], kind="events")
@@ -612,9 +625,15 @@ def _write_recordings(
     for spec in plan.specs:
         group = tx.root.require_group(f"frames/{spec.key}")
         group.attrs.update(spec.to_attrs())
+        samples = [m["samples"][spec.key] for m in metas]
         name = f"frames/{spec.key}/events"
-        target = tx.create_array(name, (len(counts), spec.time_bins, 2, *spec.size), np.uint16)
-        writes += _shard_writes(client, target, name, futures, sample_rows)
+        shape = (int(sum(s.sum() for s in samples)), spec.time_bins, 2, *spec.size)
+        target = tx.create_array(name, shape, np.uint16)
+        writes += _shard_writes(client, target, name, futures, [int(s.sum()) for s in samples])
+        if spec.slices:
+            per_recording = np.concatenate(samples)
+            recording = np.repeat(np.arange(len(per_recording)), per_recording)
+            tx.write_array(f"frames/{spec.key}/recording", recording.astype(np.int64))
     tx.add_writer_forks(client.gather(writes))
     return sensors
 

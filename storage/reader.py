@@ -134,8 +134,17 @@ class DatasetReader:
     def frame_spec(self, key: str | None = None) -> FrameSpec:
         return FrameSpec.from_attrs(self._frames_group(key).attrs.asdict())
 
+    def frame_recordings(self, key: str | None = None) -> np.ndarray:
+        """int64 ``[S]``: the recording each row of ``event_frames(key)`` comes from (``arange(N)``
+        unless the frames slice recordings into several samples)."""
+        group = self._frames_group(key)
+        if "recording" in group:
+            return np.asarray(group["recording"][:], dtype=np.int64)
+        return np.arange(self.n_recordings, dtype=np.int64)
+
     def event_frames(self, key: str | None = None, indices: np.ndarray | None = None) -> np.ndarray:
-        """uint16 ``[N, T, 2, H, W]`` binned counts (all recordings, or ``indices``)."""
+        """uint16 ``[S, T, 2, H, W]`` binned counts (all samples, or ``indices``); one sample per
+        recording unless the frames slice recordings (see ``frame_recordings``)."""
         array = self._frames_group(key)["events"]
         return array[:] if indices is None else array.get_orthogonal_selection((np.asarray(indices),))
 

@@ -10,7 +10,9 @@ Layout of one store (a Zarr v3 hierarchy inside an Icechunk repository)::
     events/label int16 [N], events/split uint8 [N], events/width,height uint16 [N]
     events/source       [N]   path of the raw file, relative to the raw root
     images/data uint8 [M,H,W,C], images/label int16 [M], images/split uint8 [M], images/source [M]
-    frames/<key>/events uint16 [N,T,2,H,W]   binned event counts (attrs: the FrameSpec)
+    frames/<key>/events uint16 [N,T,2,H,W]   binned event counts (attrs: the FrameSpec); with
+                              ``slices``, [S,T,2,H,W]: S samples cut from the N recordings
+    frames/<key>/recording int64 [S]         (only with ``slices``) the recording of each sample
     frames/<key>/static uint8  [M,H,W]       static images at the frames' size (gray or V)
     manifest                  attrs: one row per raw input (path, size, sha256, status, reason)
     report                    attrs: the build report (counts, quarantined, timings)
@@ -61,10 +63,13 @@ class FrameSpec:
     #: 0: the T bins split the whole recording; else each bin is this many us from the first event
     #: (``pipelines.binning`` says what happens before and after the T windows)
     window_us: int = 0
+    #: cut each recording into consecutive samples of T windows (needs window_us); the frames then
+    #: have one row per sample and ``frames/<key>/recording`` names each sample's recording
+    slices: bool = False
 
     #: fields added after stores existed: they enter the key (and the attrs) only when set, so the
     #: frames those stores hold keep their keys
-    LATER_FIELDS: ClassVar[dict[str, object]] = {"window_us": 0}
+    LATER_FIELDS: ClassVar[dict[str, object]] = {"window_us": 0, "slices": False}
 
     def __post_init__(self) -> None:
         if self.time_bins < 1:
@@ -79,6 +84,8 @@ class FrameSpec:
             raise ValueError(f"window_us must be >= 0, got {self.window_us}")
         if self.window_us and self.mode != "time":
             raise ValueError("window_us bins by time: it needs mode 'time'")
+        if self.slices and not self.window_us:
+            raise ValueError("slices cut recordings into T windows of window_us: set window_us")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size must be (H, W) with positive sides, got {self.size}")
         object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))

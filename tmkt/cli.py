@@ -151,6 +151,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="bin by windows of this many us (0: T bins over the recording)",
     )
+    parser.add_argument("--slices", action="store_true", help="cut recordings into samples of T windows")
     parser.add_argument("--mode", choices=("time", "count"), default="time", help="binning by time or count")
     parser.add_argument("--denoise-us", type=int, default=0, help="drop isolated events (0 = off)")
     parser.add_argument("--static-mode", choices=("gray", "v"), default="gray", help="gray or HSV V channel")
@@ -184,6 +185,7 @@ def build_config_from_args(args: argparse.Namespace):  # -> pipelines.build.Buil
         store=args.store,
         time_bins=args.time_bins,
         window_us=args.window_us,
+        slices=args.slices,
         size=tuple(args.size) if args.size else None,
         mode=args.mode,
         denoise_us=args.denoise_us,

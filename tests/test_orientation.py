@@ -142,3 +142,27 @@ def test_real_nmnist_recordings_are_upright(real_data_dir):
             score[name] += np.corrcoef(seen, view(mean_image).ravel())[0, 1]
     assert max(score, key=score.get) == "upright", score
     assert score["upright"] > 1.1 * max(v for k, v in score.items() if k != "upright"), score
+
+
+@pytest.mark.realdata
+def test_real_prophesee_raw_recordings_build_through_folder(tmp_path, client, real_data_dir):
+    """EVT 2.0 and EVT 3.0 files side by side in one class-folder tree: each keeps its sensor size
+    from its header and its frames hold every decoded event."""
+    import shutil
+
+    from pipelines.binning import bin_events
+
+    raw = tmp_path / "raw"
+    for cls, name in (("gen3", "evt2_sample.raw"), ("gen4", "evt3_sample.raw")):
+        (raw / cls).mkdir(parents=True)
+        shutil.copy(real_data_dir / "samples" / name, raw / cls / name)
+    config = BuildConfig(source="folder", raw=str(raw), store=str(tmp_path / "s"), size=(48, 64))
+    assert run_build(config, client=client).committed
+    reader = DatasetReader(tmp_path / "s")
+    sizes = dict(zip(reader.sources, map(tuple, reader.sensor_sizes.tolist()), strict=True))
+    assert sizes == {"gen3/evt2_sample.raw": (640, 480), "gen4/evt3_sample.raw": (1280, 720)}
+    frames = reader.event_frames()
+    for i, path in enumerate(reader.sources):
+        events, sensor = read_events(raw / path)
+        assert reader.offsets[i + 1] - reader.offsets[i] == len(events) > 200_000
+        np.testing.assert_array_equal(frames[i], bin_events(events, sensor, reader.frame_spec()))

@@ -130,3 +130,21 @@ def test_sliced_build_stores_one_row_per_slice_and_its_recording(tmp_path, clien
             reader.event_frames()[owner == i], bin_slices(events, sensor, reader.frame_spec())
         )
     assert verify_store(store) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--slices"], "set window_us"),
+        (["--window-us", "1000", "--mode", "count"], "needs mode 'time'"),
+        (["--window-us", "-5"], "window_us must be >= 0"),
+    ],
+)
+def test_inconsistent_window_flags_are_one_line_and_exit_2(tmp_path, capsys, flags, message):
+    from tmkt.cli import main
+
+    args = ["build-dataset", "--source", "folder", "--raw", str(tmp_path), "--store", str(tmp_path / "s")]
+    assert main(args + flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tmkt: error:") and message in err[0]
+    assert not (tmp_path / "s").exists()

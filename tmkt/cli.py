@@ -214,7 +214,12 @@ def _parse_option(text: str) -> tuple[str, object]:
 def _cmd_build(args: argparse.Namespace) -> int:
     from flows.dataset import run_build_flow  # the same flow the deployments run
 
-    result = run_build_flow(build_config_from_args(args))
+    config = build_config_from_args(args)
+    try:
+        config.frame_spec()  # --slices without --window-us, --window-us with --mode count, ...
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    result = run_build_flow(config)
     report = result.report
     print(_build_summary(result.snapshot, result.committed, report))
     if args.json:

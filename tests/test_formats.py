@@ -694,3 +694,19 @@ def test_evt3_corrupt_files_are_refused_without_hanging(tmp_path, monkeypatch):
     path.write_bytes(b"% evt 3.0\n" + evt3_words(*[0x4 << 12 | 0xFFF] * 10))
     monkeypatch.setattr(prophesee, "MAX_EVENTS", 100)
     assert_bad(read_prophesee_raw, path, "120 events, more than the 100")
+
+
+@pytest.mark.realdata
+def test_bench_decode_reports_like_for_like_numbers(real_data):
+    from pipelines.bench_decode import SAMPLES, run
+
+    result = run(real_data / "samples", repeats=1)
+    assert set(result["formats"]) == {kind for kind, _, _ in SAMPLES}
+    for kind, row in result["formats"].items():
+        # both readers decoded the same events from the same file
+        assert row["events"] == row["baseline_events"] > 1000, kind
+        assert row["ratio"] == pytest.approx(row["ours_events_per_s"] / row["baseline_events_per_s"])
+        assert (
+            row["ours_events_per_s"] > 0
+            and row["bytes"] == (real_data / "samples" / row["file"]).stat().st_size
+        )

@@ -30,6 +30,7 @@ import numpy as np
 
 from pipelines.binning import frames_of
 from pipelines.errors import BadInput
+from pipelines.formats import READERS_VERSION
 from pipelines.images import static_frames
 from pipelines.sources import get_source
 from pipelines.sources.base import EventItem, Listing, StaticItem
@@ -329,7 +330,9 @@ def process_batch(
 
 
 def _unchanged(w: Work, row: dict[str, Any]) -> bool:
-    return w.previous is not None and w.previous.get("sha256") == row.get("sha256")
+    """Same file content, decoded by readers that give the same events."""
+    same_readers = w.previous is not None and w.previous.get("readers") == row.get("readers")
+    return same_readers and w.previous.get("sha256") == row.get("sha256")
 
 
 @dataclass
@@ -391,6 +394,7 @@ def _manifest_row(raw: Path, w: Work) -> dict[str, Any]:
         "split": w.split,
         "status": "ok",
         "reason": "",
+        "readers": READERS_VERSION,
     }
     file = raw / item.path.split("#", 1)[0]
     try:
@@ -553,7 +557,7 @@ def _changes(plan: BuildPlan, rows: list[dict[str, Any]]) -> dict[str, list[str]
     for w, row in zip(plan.work, rows, strict=True):
         if w.previous is None:
             added.append(row["path"])
-        elif w.previous.get("sha256") != row.get("sha256") or w.previous.get("split") != row["split"]:
+        elif not _unchanged(w, row) or w.previous.get("split") != row["split"]:
             changed.append(row["path"])
     new_keys = [] if plan.previous_snapshot is None else _new_frame_keys(plan)
     # a recording that was quarantined before and is unchanged stays quarantined: no change

@@ -166,3 +166,41 @@ def test_real_prophesee_raw_recordings_build_through_folder(tmp_path, client, re
         events, sensor = read_events(raw / path)
         assert reader.offsets[i + 1] - reader.offsets[i] == len(events) > 200_000
         np.testing.assert_array_equal(frames[i], bin_events(events, sensor, reader.frame_spec()))
+
+
+def test_refresh_decodes_again_what_older_readers_decoded(tmp_path, client):
+    """A store built before the AEDAT 2.0 orientation fix holds turned events: a refresh must not
+    reuse them although the file did not change."""
+    import zarr
+
+    from storage.repo import BRANCH, open_repository
+
+    raw = tmp_path / "raw"
+    (raw / "letters").mkdir(parents=True)
+    write_aedat2(raw / "letters/f.aedat", moving_f_events())
+    store = tmp_path / "store"
+    config = BuildConfig(
+        source="folder", raw=str(raw), store=str(store), time_bins=STEPS, size=(32, 32), mode="count"
+    )
+    assert run_build(config, client=client).committed
+    upright = DatasetReader(store).event_frames()
+
+    # what the older code left: transposed events, manifest rows without a readers version
+    session = open_repository(store).writable_session(BRANCH)
+    root = zarr.open_group(session.store, mode="r+")
+    x = root["events/x"][:]
+    root["events/x"][:] = root["events/y"][:]
+    root["events/y"][:] = x
+    root["manifest"].attrs["rows"] = [
+        {k: v for k, v in row.items() if k != "readers"} for row in root["manifest"].attrs["rows"]
+    ]
+    session.commit("as older readers left it")
+
+    result = run_build(config, client=client)
+    assert result.committed and result.report["decoded"] == 1 and result.report["reused"] == 0
+    reader = DatasetReader(store)
+    np.testing.assert_array_equal(reader.events(0), read_events(raw / "letters/f.aedat")[0])
+    np.testing.assert_array_equal(reader.event_frames(), upright)
+    # and with the readers unchanged, the next refresh reuses and commits nothing
+    again = run_build(config, client=client)
+    assert not again.committed

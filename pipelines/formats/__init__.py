@@ -22,10 +22,15 @@ from pipelines.formats.nmnist import read_nmnist, write_nmnist
 from pipelines.formats.prophesee import read_prophesee_dat, read_prophesee_raw
 
 EVENT_SUFFIXES: tuple[str, ...] = (".bin", ".aedat", ".aedat4", ".dat", ".raw")
+#: bumped whenever a reader gives other events for the same file, so that a refresh decodes such
+#: files again instead of reusing what older code decoded (2: AEDAT 2.0 DVS128 files in the
+#: camera's image coordinates instead of CIFAR10-DVS's turned view)
+READERS_VERSION = 2
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
 __all__ = [
     "EVENT_SUFFIXES",
+    "READERS_VERSION",
     "IMAGE_SUFFIXES",
     "read_events",
     "read_nmnist",

@@ -105,14 +105,14 @@ class BuildConfig:
         size = self.size or DEFAULT_SIZES.get(self.source, (48, 48))
         fit = self.static_fit or DEFAULT_STATIC_FITS.get(self.source, "resize")
         return FrameSpec(
-            self.time_bins,
-            tuple(size),
-            self.mode,
-            self.denoise_us,
-            self.static_mode,
-            fit,
-            self.window_us,
-            self.slices,
+            time_bins=self.time_bins,
+            size=tuple(size),
+            mode=self.mode,
+            denoise_us=self.denoise_us,
+            static_mode=self.static_mode,
+            static_fit=fit,
+            window_us=self.window_us,
+            slices=self.slices,
         )
 
     def effective_test_fraction(self) -> float:

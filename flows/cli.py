@@ -26,6 +26,7 @@ PASSTHROUGH: dict[str, tuple[str, str]] = {
 }
 BENCHES: dict[str, tuple[str, str]] = {
     "ingest": ("benches.ingest", "decode + bin + write events/s against tonic"),
+    "decode": ("benches.decode", "each event format's reader, events/s against tonic / expelliarmus"),
     "loader": ("benches.loader", "mixed samples/s of the DALI loader against DataLoader baselines"),
     "train": ("benches.train", "training samples/s and data-wait share per backbone"),
 }
@@ -182,7 +183,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from flows.dataset import run_build_flow  # the same flow the deployments run
     from pipelines.build import build_config_from_args
 
-    result = run_build_flow(build_config_from_args(args))
+    config = build_config_from_args(args)
+    try:
+        config.frame_spec()  # --slices without --window-us, --window-us with --mode count, ...
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    result = run_build_flow(config)
     report = result.report
     print(_build_summary(result.snapshot, result.committed, report))
     if args.json:
@@ -204,9 +210,13 @@ def _build_summary(snapshot: str, committed: bool, report: dict) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from pipelines.sources import SOURCES
     from storage.reader import DatasetReader
 
-    info = DatasetReader(args.path, args.snapshot).info()
+    reader = DatasetReader(args.path, args.snapshot)
+    info = reader.info()
+    published = getattr(SOURCES.get(info["source"]), "published", None)
+    info["count_warnings"] = published.warnings(info["classes"], reader.manifest) if published else []
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -218,6 +228,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  frames {key}: events {frames['events_shape']}, static {frames['static_shape']}")
     for row in info["quarantined"]:
         print(f"  quarantined {row['path']}: {row['reason']}")
+    if info["count_warnings"]:
+        print(f"  warning: the recordings differ from the published download ({published.source}):")
+        print("\n".join(f"    {line}" for line in info["count_warnings"]))
     return 0
 
 

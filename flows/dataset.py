@@ -123,6 +123,8 @@ def build_dataset(
     store: str,
     static: str | None = default("static"),
     time_bins: int = default("time_bins"),
+    window_us: int = default("window_us"),
+    slices: bool = default("slices"),
     size: list[int] | None = default("size"),
     mode: str = default("mode"),
     denoise_us: int = default("denoise_us"),

@@ -9,8 +9,21 @@ Time bins follow ``tonic.transforms.ToFrame(n_time_bins=T)`` (tonic 1.7): the bi
 ``t_first + T * width`` -- always the last event, plus up to ``T - 1`` microseconds before it -- and
 gives all-empty frames when the recording is shorter than ``T`` microseconds. Here the tail events
 go into the last bin and a recording shorter than ``T`` us gets bins of 1 us, so that every event
-is counted once: ``frames.sum() == len(events)`` for every mode without denoising.
+is counted once: ``frames.sum() == len(events)`` for every mode without denoising or fixed windows.
 ``tonic_compatible=True`` reproduces tonic exactly (used by the tests that compare with it).
+
+Fixed windows (``spec.window_us = W > 0``): bin ``i`` covers ``[start + i * W, start + (i + 1) * W)``
+with ``start`` the first event's time, as ``tonic.transforms.ToFrame(time_window=W)`` and
+spikingjelly's ``duration`` bin (both give as many frames as the recording lasts; here there are
+always T). Events at or after ``start + T * W`` are dropped (the recording is cut at T windows); a
+recording shorter than that keeps its last, partial window and gets empty frames after it. Its first
+T frames equal tonic's first T frames.
+
+Slices (``bin_slices``): a long recording becomes several samples of T windows each, consecutive
+and not overlapping, the first starting at the first event, as tonic's ``SlicedDataset`` with
+``SliceByTime(time_window=T * W)`` (DVS Gesture style). Its default is kept: the last, partial
+slice is dropped, except that a recording shorter than one slice gives one sample (padded with empty
+frames) instead of none.
 
 Spatial resizing is sum pooling by integer coordinate mapping ``x' = x * W' // W``,
 ``y' = y * H' // H``. Both axes are mapped independently, so a non-square sensor binned to a
@@ -19,6 +32,8 @@ one network input size, as with the usual resize of frames).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -92,6 +107,12 @@ def _time_bin_index(t: np.ndarray, time_bins: int, tonic_compatible: bool) -> np
     return np.clip(index, 0, time_bins - 1)
 
 
+def _window_bin_index(t: np.ndarray, time_bins: int, window_us: int) -> np.ndarray:
+    """Bin of each event by fixed windows from the first event (``-1`` = after the last window)."""
+    index = (t.astype(np.int64) - int(t.min())) // window_us
+    return np.where(index < time_bins, index, -1)
+
+
 def _count_bin_index(n: int, time_bins: int, tonic_compatible: bool) -> np.ndarray:
     """Bin of each event by its rank: equal event counts per bin."""
     rank = np.arange(n, dtype=np.int64)
@@ -130,7 +151,9 @@ def bin_events(
     if len(events) == 0:
         return np.zeros(shape, dtype=np.uint16)
 
-    if spec.mode == "time":
+    if spec.mode == "time" and spec.window_us:
+        t_index = _window_bin_index(events["t"], time_bins, spec.window_us)
+    elif spec.mode == "time":
         t_index = _time_bin_index(events["t"], time_bins, tonic_compatible)
     else:
         t_index = _count_bin_index(len(events), time_bins, tonic_compatible)
@@ -141,6 +164,34 @@ def bin_events(
     flat = flat[t_index >= 0]
     counts = np.bincount(flat, minlength=time_bins * 2 * out_h * out_w)
     return np.minimum(counts, _UINT16_MAX).astype(np.uint16).reshape(shape)
+
+
+def slice_count(events: np.ndarray, spec: FrameSpec) -> int:
+    """How many whole slices of ``T * window_us`` the recording holds (at least one)."""
+    if not spec.window_us:
+        raise ValueError("slicing needs fixed windows: set window_us")
+    if len(events) == 0:
+        return 1
+    duration = int(events["t"].max()) - int(events["t"].min())
+    return max(1, duration // (spec.time_bins * spec.window_us))
+
+
+def bin_slices(events: np.ndarray, sensor_size: tuple[int, int], spec: FrameSpec) -> np.ndarray:
+    """Count frames ``uint16 [S, T, 2, H', W']`` of consecutive slices of ``T`` windows each.
+
+    Slice ``k`` covers ``[t0 + k*T*W, t0 + (k+1)*T*W)``: binning ``S * T`` windows at once and
+    splitting them gives exactly that, with the events after the last whole slice dropped.
+    """
+    slices = slice_count(events, spec)
+    frames = bin_events(events, sensor_size, replace(spec, time_bins=slices * spec.time_bins))
+    return frames.reshape(slices, spec.time_bins, *frames.shape[1:])
+
+
+def frames_of(events: np.ndarray, sensor_size: tuple[int, int], spec: FrameSpec) -> np.ndarray:
+    """The samples one recording gives under ``spec``: ``[S, T, 2, H', W']``, S = 1 unless sliced."""
+    if spec.slices:
+        return bin_slices(events, sensor_size, spec)
+    return bin_events(events, sensor_size, spec)[None]
 
 
 def _check_events(events: np.ndarray, width: int, height: int) -> None:

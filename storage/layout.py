@@ -11,7 +11,9 @@ store is declared once::
     events/label int16 [N], events/split uint8 [N], events/width,height uint16 [N]
     images/data uint8 [M,H,W,C], images/label int16 [M], images/split uint8 [M]
     frames/<key>              attrs: the FrameSpec of the representation
-    frames/<key>/events uint16 [N,T,2,H,W]   binned event counts
+    frames/<key>/events uint16 [N,T,2,H,W]   binned event counts; with ``slices``, [S,T,2,H,W]:
+                              S samples cut from the N recordings
+    frames/<key>/recording int64 [S]         (only with ``slices``) the recording of each sample
     frames/<key>/static uint8  [M,H,W]       static images at the frames' size (gray or V)
     manifest                  attrs["rows"]: one row per raw input (path, size, sha256, status, reason)
     report                    attrs: the build report (counts, quarantined, timings)
@@ -50,6 +52,8 @@ STATIC_ROOT = "static_root"
 FRAMES_KEY = "frames_key"
 SENSOR_SIZE = "sensor_size"
 SPLIT_RULE = "split_rule"
+#: how the source's x, y and polarity relate to the camera (each adapter says, e.g. AEDAT 2.0 DVS128)
+ORIENTATION = "orientation"
 SPLIT_NAMES = "splits"
 BUILD_PARAMS = "build_params"
 DATA_PARAMS = "data_params"
@@ -66,6 +70,7 @@ ROOT_ATTRS = (
     FRAMES_KEY,
     SENSOR_SIZE,
     SPLIT_RULE,
+    ORIENTATION,
     SPLIT_NAMES,
     BUILD_PARAMS,
     DATA_PARAMS,
@@ -81,6 +86,11 @@ def frames_group(key: str) -> str:
 
 def event_frames(key: str) -> str:
     return f"{FRAMES}/{key}/events"
+
+
+def frame_recordings(key: str) -> str:
+    """Only in sliced representations: int64 [S], the recording each sample was cut from."""
+    return f"{FRAMES}/{key}/recording"
 
 
 def static_frames(key: str) -> str:

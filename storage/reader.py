@@ -135,8 +135,17 @@ class DatasetReader:
     def frame_spec(self, key: str | None = None) -> FrameSpec:
         return FrameSpec.from_attrs(self.root[layout.frames_group(self._frames_key(key))].attrs.asdict())
 
+    def frame_recordings(self, key: str | None = None) -> np.ndarray:
+        """int64 ``[S]``: the recording each row of ``event_frames(key)`` comes from (``arange(N)``
+        unless the frames slice recordings into several samples)."""
+        path = layout.frame_recordings(self._frames_key(key))
+        if path in self.root:
+            return np.asarray(self.root[path][:], dtype=np.int64)
+        return np.arange(self.n_recordings, dtype=np.int64)
+
     def event_frames(self, key: str | None = None, indices: np.ndarray | None = None) -> np.ndarray:
-        """uint16 ``[N, T, 2, H, W]`` binned counts (all recordings, or ``indices``)."""
+        """uint16 ``[S, T, 2, H, W]`` binned counts (all samples, or ``indices``); one sample per
+        recording unless the frames slice recordings (see ``frame_recordings``)."""
         array = self.root[layout.event_frames(self._frames_key(key))]
         return array[:] if indices is None else array.get_orthogonal_selection((np.asarray(indices),))
 
@@ -182,5 +191,6 @@ class DatasetReader:
             "frames": frames,
             "frames_key": self.attrs.get(layout.FRAMES_KEY),
             "split_rule": self.attrs.get(layout.SPLIT_RULE),
+            "orientation": self.attrs.get(layout.ORIENTATION),
             "report": self.report,
         }

@@ -12,7 +12,7 @@ import zarr
 from storage import layout
 from storage.digests import check_array
 from storage.reader import DatasetReader
-from storage.schema import EVENT_DTYPE, SPLITS
+from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
 
 
 def events_digest(events: np.ndarray) -> str:
@@ -105,7 +105,11 @@ def _check_frames(reader: DatasetReader) -> list[str]:
     counts = np.diff(reader.offsets)
     for key, spec in reader.frame_keys().items():
         events, static = reader.root[layout.event_frames(key)], reader.root[layout.static_frames(key)]
-        expected = (reader.n_recordings, spec.time_bins, 2, *spec.size)
+        recording = reader.frame_recordings(key)
+        if len(recording) and (np.any(np.diff(recording) < 0) or recording[-1] >= reader.n_recordings):
+            faults.append(f"{layout.frame_recordings(key)}: not an ordered index of the recordings")
+            continue
+        expected = (len(recording), spec.time_bins, 2, *spec.size)
         if tuple(events.shape) != expected:
             faults.append(f"frames/{key}/events: shape {events.shape} != {expected}")
             continue
@@ -114,15 +118,35 @@ def _check_frames(reader: DatasetReader) -> list[str]:
         if spec.key != key:
             faults.append(f"frames/{key}: parameters hash to {spec.key}, not to their key")
         if spec.denoise_us == 0:
-            frames = events[:]
-            sums = frames.reshape(len(frames), -1).sum(axis=1, dtype=np.int64)
-            saturated = (frames == np.iinfo(frames.dtype).max).reshape(len(frames), -1).any(axis=1)
-            for index in np.flatnonzero((sums != counts) & ~saturated)[:20]:
+            frames = events[:].reshape(len(recording), -1)
+            n = reader.n_recordings
+            sums = np.bincount(recording, frames.sum(axis=1, dtype=np.int64), minlength=n).astype(np.int64)
+            full = (frames == np.iinfo(events.dtype).max).any(axis=1)
+            saturated = np.bincount(recording, full, minlength=n) > 0
+            binned = counts if not spec.window_us else _events_in_windows(reader, spec)
+            for index in np.flatnonzero((sums != binned) & ~saturated)[:20]:
                 faults.append(
                     f"frames/{key}: {reader.sources[index]} has {sums[index]} counts "
-                    f"for {counts[index]} events"
+                    f"for {binned[index]} events"
                 )
     return faults
+
+
+def _events_in_windows(reader: DatasetReader, spec: FrameSpec) -> np.ndarray:
+    """Events per recording that fixed windows count (``pipelines.binning``): those before the end
+    of the T-th window from the first event, or of the last whole slice of T windows."""
+    offsets = reader.offsets
+    counts = np.diff(offsets)
+    t = reader.root[layout.EVENT_FIELDS["t"]][:]
+    good = counts > 0
+    first = np.zeros(len(counts), np.int64)
+    last = np.zeros(len(counts), np.int64)
+    first[good], last[good] = t[offsets[:-1][good]], t[offsets[1:][good] - 1]
+    length = spec.time_bins * spec.window_us
+    slices = np.maximum(1, (last - first) // length) if spec.slices else 1
+    owner = np.repeat(np.arange(len(counts)), counts)
+    inside = t < (first + slices * length)[owner]
+    return np.bincount(owner[inside], minlength=len(counts))
 
 
 def _check_manifest(reader: DatasetReader, raw: str | Path | None) -> list[str]:

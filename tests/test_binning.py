@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tonic
 
-from pipelines.binning import bin_events, denoise, events_sensor_size
+from pipelines.binning import bin_events, bin_slices, denoise, events_sensor_size, slice_count
 from storage.schema import EVENT_DTYPE, FrameSpec
 
 
@@ -187,3 +187,87 @@ def test_denoise_equals_tonic_on_real_nmnist_and_in_bin_events():
         np.testing.assert_array_equal(denoise(events, 5000), reference, err_msg=str(path))
         frames = bin_events(events, (34, 34), FrameSpec(denoise_us=5000))
         assert frames.sum() == len(reference) < len(events)
+
+
+# ---------------------------------------------------------------- fixed windows (window_us)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_bins_equal_tonics_first_frames_and_spikingjellys(seed):
+    from spikingjelly.datasets.utils import integrate_events_by_fixed_duration
+
+    rng = np.random.default_rng(seed)
+    events = random_events(rng, 3000, t_max=300_000)
+    window, time_bins = 20_000, 8  # the recording lasts about 15 windows: tonic gives more than 8
+    spec = FrameSpec(time_bins=time_bins, size=(34, 34), window_us=window)
+    ours = bin_events(events, (34, 34), spec)
+    tonic_windows = tonic.transforms.ToFrame(sensor_size=(34, 34, 2), time_window=window)(events.copy())
+    assert len(tonic_windows) > time_bins
+    np.testing.assert_array_equal(ours, tonic_windows[:time_bins])
+    as_dict = {name: events[name].astype(np.int64) for name in "xytp"}
+    sj = integrate_events_by_fixed_duration(as_dict, window, 34, 34)
+    np.testing.assert_array_equal(ours, sj[:time_bins].astype(np.uint16))
+    # what lies after the T windows is cut off, nothing else is lost
+    inside = events["t"] < events["t"][0] + time_bins * window
+    assert ours.sum() == inside.sum() < len(events)
+
+
+def test_window_bins_keep_the_last_partial_window_and_pad_with_empty_frames():
+    events = np.zeros(4, dtype=EVENT_DTYPE)
+    events["t"] = [1000, 1500, 3999, 4100]  # windows of 1000 us from t = 1000: bins 0, 0, 2, 3
+    events["x"] = [0, 1, 2, 3]
+    spec = FrameSpec(time_bins=6, size=(34, 34), window_us=1000)
+    frames = bin_events(events, (34, 34), spec)
+    assert frames.sum(axis=(1, 2, 3)).tolist() == [2, 0, 1, 1, 0, 0]
+    assert frames[3, 0, 0, 3] == 1  # the partial fourth window [4000, 5000) keeps its event
+
+
+def test_window_us_enters_the_frame_key_only_when_set():
+    # keys of stores built before window_us existed (computed by that code) stay what they were
+    assert FrameSpec().key == "a98b530b30809e55"
+    legacy = FrameSpec(
+        time_bins=16, size=(48, 48), mode="count", denoise_us=5000, static_mode="v", static_fit="pad"
+    )
+    assert legacy.key == "6892a52b42ca5c38"
+    assert "window_us" not in FrameSpec().to_attrs()
+    windowed = FrameSpec(window_us=50_000)
+    assert windowed.key not in (FrameSpec().key, FrameSpec(window_us=50_001).key)
+    assert FrameSpec.from_attrs(windowed.to_attrs()) == windowed
+    assert FrameSpec.from_attrs(FrameSpec().to_attrs()) == FrameSpec()
+    with pytest.raises(ValueError, match="needs mode 'time'"):
+        FrameSpec(mode="count", window_us=1000)
+    with pytest.raises(ValueError, match="window_us must be >= 0"):
+        FrameSpec(window_us=-1)
+
+
+@pytest.mark.parametrize("duration", [45_000, 160_000, 199_999, 200_000, 390_000])
+def test_slices_equal_tonics_sliced_dataset_frames(duration):
+    rng = np.random.default_rng(duration)
+    events = random_events(rng, 4000, t_max=duration)
+    events["t"][0], events["t"][-1] = 0, duration  # the recording lasts exactly `duration`
+    window, time_bins = 10_000, 5  # slices of 50 ms
+    spec = FrameSpec(time_bins=time_bins, size=(34, 34), window_us=window)
+    ours = bin_slices(events, (34, 34), spec)
+    length = window * time_bins
+    # tonic: SliceByTime(T * W) with its default include_incomplete=False, then T windows per slice
+    slicer = tonic.slicers.SliceByTime(time_window=length)
+    expected = []
+    for k, part in enumerate(slicer.slice(events.copy(), 0)[0]):
+        start = k * length
+        expected.append(
+            tonic.functional.to_frame_numpy(
+                part, (34, 34, 2), time_window=window, start_time=start, end_time=start + length
+            )
+            if len(part)
+            else np.zeros((time_bins, 2, 34, 34))
+        )
+    assert (
+        ours.shape == (max(1, duration // length), time_bins, 2, 34, 34) == (len(expected), *ours.shape[1:])
+    )
+    np.testing.assert_array_equal(ours, np.stack(expected))
+    assert slice_count(events, spec) == len(ours)
+
+
+def test_slicing_needs_windows():
+    with pytest.raises(ValueError, match="set window_us"):
+        bin_slices(np.zeros(1, EVENT_DTYPE), (34, 34), FrameSpec())

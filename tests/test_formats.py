@@ -23,12 +23,12 @@ from pipelines.formats import (
     read_cifar_batch,
     read_cifar_meta,
     read_events,
-    read_evt2,
     read_gesture_labels,
     read_idx,
     read_image,
     read_nmnist,
     read_prophesee_dat,
+    read_prophesee_raw,
     write_aedat2,
     write_aedat4,
     write_aedat31,
@@ -141,9 +141,9 @@ def test_nmnist_exact_bytes(tmp_path):
     assert path.read_bytes() == bytes([0, 1, 0x00, 0x01, 0x02, 3, 33, 0x80 | 0x4A, 0xBC, 0xDE])
 
 
-def test_aedat2_exact_bytes_and_cifar10dvs_axes(tmp_path):
-    # DVS128 raw address: x_raw bits 1-7, y_raw bits 8-14, p_raw bit 0;
-    # read as x = 127 - y_raw, y = 127 - x_raw, p = 1 - p_raw
+def test_aedat2_exact_bytes_and_jaer_image_axes(tmp_path):
+    # DVS128 raw address: x_raw bits 1-7, y_raw bits 8-14, p_raw bit 0; jAER mirrors x, its y
+    # points up and raw polarity 0 is ON: read as x = 127 - x_raw, y = 127 - y_raw, p = 1 - p_raw
     x_raw, y_raw, p_raw, t = 5, 100, 0, 123456
     path = tmp_path / "a.aedat"
     path.write_bytes(
@@ -151,7 +151,7 @@ def test_aedat2_exact_bytes_and_cifar10dvs_axes(tmp_path):
     )
     events, size = read_aedat2(path)
     assert size == (128, 128)
-    assert events.tolist() == [(127 - y_raw, 127 - x_raw, t, 1)]
+    assert events.tolist() == [(127 - x_raw, 127 - y_raw, t, 1)]
     write_aedat2(tmp_path / "b.aedat", events)
     assert (
         (tmp_path / "b.aedat").read_bytes().endswith(struct.pack(">Ii", y_raw << 8 | x_raw << 1 | p_raw, t))
@@ -161,7 +161,7 @@ def test_aedat2_exact_bytes_and_cifar10dvs_axes(tmp_path):
 def test_aedat2_drops_special_and_aps_records(tmp_path):
     dvs128 = tmp_path / "dvs.aedat"
     dvs128.write_bytes(b"#!AER-DAT2.0\n" + struct.pack(">IiIi", 0x8000 | 2, 1, 2, 5))
-    assert read_aedat2(dvs128)[0].tolist() == [(127, 126, 5, 1)]
+    assert read_aedat2(dvs128)[0].tolist() == [(126, 127, 5, 1)]
     davis = tmp_path / "davis.aedat"
     header = b"#!AER-DAT2.0\r\n# AEChip: eu.seebetter.ini.chips.davis.Davis346red\r\n"
     dvs_event = 7 << 22 | 9 << 12 | 1 << 11
@@ -283,7 +283,8 @@ def test_aedat2_real_header_only_sample_is_empty(real_data):
     ("name", "encoding", "reader", "size"),
     [
         ("sample_ncars.dat", "dat", read_prophesee_dat, (78, 42)),
-        ("evt2_sample.raw", "evt2", read_evt2, (640, 480)),
+        ("evt2_sample.raw", "evt2", read_prophesee_raw, (640, 480)),
+        ("evt3_sample.raw", "evt3", read_prophesee_raw, (1280, 720)),
     ],
 )
 def test_prophesee_real_samples_match_expelliarmus(real_data, name, encoding, reader, size):
@@ -298,9 +299,29 @@ def test_prophesee_real_samples_match_expelliarmus(real_data, name, encoding, re
         np.testing.assert_array_equal(events[field].astype(np.int64), theirs[field].astype(np.int64))
 
 
+def evt2_by_numpy(path: Path) -> np.ndarray:
+    """An independent EVT 2.0 decoder written from the format description (the numpy loop the
+    reader used before it moved to expelliarmus): the real sample must decode the same."""
+    raw = path.read_bytes()
+    pos = 0
+    while raw.startswith(b"%", pos):
+        pos = raw.index(b"\n", pos) + 1
+    words = np.frombuffer(raw[pos:], dtype="<u4")
+    kinds = words >> 28
+    last_high = np.maximum.accumulate(np.where(kinds == 8, np.arange(len(words)), -1))
+    time_high = np.where(last_high >= 0, words[np.maximum(last_high, 0)] & 0x0FFFFFFF, 0).astype(np.int64)
+    cd = kinds <= 1
+    w = words[cd]
+    events = np.zeros(int(cd.sum()), dtype=EVENT_DTYPE)
+    events["t"] = (time_high[cd] << 6) | ((w >> 22) & 0x3F)
+    events["x"], events["y"], events["p"] = (w >> 11) & 0x7FF, w & 0x7FF, kinds[cd]
+    return events
+
+
 @pytest.mark.realdata
-def test_evt3_raw_is_refused_clearly(real_data):
-    assert_bad(read_events, real_data / "samples/evt3_sample.raw", "EVT 2.0")
+def test_evt2_real_sample_matches_the_numpy_decoder(real_data):
+    path = real_data / "samples/evt2_sample.raw"
+    np.testing.assert_array_equal(read_events(path)[0], evt2_by_numpy(path))
 
 
 @pytest.mark.realdata
@@ -602,12 +623,90 @@ def test_evt2_decodes_and_rejects(tmp_path):
     ]
     path = tmp_path / "rec.raw"
     path.write_bytes(header + struct.pack("<4I", *words))
-    events, size = read_evt2(path)
+    events, size = read_prophesee_raw(path)
     assert size == (640, 480)
     assert events.tolist() == [(100, 50, 3 << 6 | 5, 1), (639, 479, 3 << 6 | 9, 0)]
     path.write_bytes(header + struct.pack("<4I", *words)[:-1])
-    assert_bad(read_evt2, path, "truncated")
+    assert_bad(read_prophesee_raw, path, "truncated")
     path.write_bytes(header + struct.pack("<I", 0x5 << 28))
-    assert_bad(read_evt2, path, "unknown EVT 2.0 word type")
+    assert_bad(read_prophesee_raw, path, "unknown EVT 2.0 word type")
     path.write_bytes(header + struct.pack("<3I", words[0], words[3], words[1]))
-    assert_bad(read_evt2, path, "time goes back")
+    assert_bad(read_prophesee_raw, path, "time goes back")
+    assert evt2_by_numpy(path).tolist() != []  # the reference decoder reads the same layout
+    path.write_bytes(header + struct.pack("<4I", *words))
+    np.testing.assert_array_equal(read_prophesee_raw(path)[0], evt2_by_numpy(path))
+
+
+def evt3_words(*words: int) -> bytes:
+    return struct.pack(f"<{len(words)}H", *words)
+
+
+def test_evt3_decodes_every_event_word(tmp_path):
+    header = b"% evt 3.0\n% format EVT3;height=720;width=1280\n"
+    body = evt3_words(
+        0x8 << 12 | 2,  # time high 2
+        0x6 << 12 | 5,  # time low 5: t = 2 << 12 | 5
+        0x0 << 12 | 100,  # y = 100
+        0x2 << 12 | 1 << 11 | 7,  # one ON event at x = 7
+        0x3 << 12 | 0 << 11 | 20,  # vectors of OFF events from x = 20
+        0x4 << 12 | 0b1000_0000_0101,  # x = 20, 22, 31
+        0x5 << 12 | 0b0000_0011,  # x = 32, 33
+        0xE << 12,  # other: skipped
+        0x6 << 12 | 9,  # t = 2 << 12 | 9
+        0x2 << 12 | 1279,  # OFF at x = 1279
+    )
+    path = tmp_path / "rec.raw"
+    path.write_bytes(header + body)
+    events, size = read_prophesee_raw(path)
+    assert size == (1280, 720)
+    t0, t1 = 2 << 12 | 5, 2 << 12 | 9
+    assert events.tolist() == [
+        (7, 100, t0, 1),
+        (20, 100, t0, 0),
+        (22, 100, t0, 0),
+        (31, 100, t0, 0),
+        (32, 100, t0, 0),
+        (33, 100, t0, 0),
+        (1279, 100, t1, 0),
+    ]
+    # a body whose first byte is "%" is still body, not header (the low byte of y = 0x25)
+    path.write_bytes(b"% evt 3.0\n" + evt3_words(0x25, 0x2 << 12 | 3))
+    assert read_prophesee_raw(path)[0].tolist() == [(3, 0x25, 0, 0)]
+    path.write_bytes(b"% evt 3.0\n")
+    assert len(read_prophesee_raw(path)[0]) == 0
+
+
+def test_evt3_corrupt_files_are_refused_without_hanging(tmp_path, monkeypatch):
+    from pipelines.formats import prophesee
+
+    path = tmp_path / "bad.raw"
+    path.write_bytes(b"% evt 3.0")  # a header line with no line end: expelliarmus would loop forever
+    assert_bad(read_prophesee_raw, path, "names no 'evt 2.0' or 'evt 3.0'")
+    path.write_bytes(b"% evt 3.0\n" + evt3_words(0x2 << 12 | 3) + b"\x00")
+    assert_bad(read_prophesee_raw, path, "truncated")
+    path.write_bytes(b"% evt 3.0\n" + evt3_words(0x7 << 12))  # CONTINUED_4: unknown to expelliarmus
+    assert_bad(read_prophesee_raw, path, "unknown EVT 3.0 word type 0x7")
+    path.write_bytes(b"% evt 3.0\n% geometry 640x480\n" + evt3_words(0x2 << 12 | 700))
+    assert_bad(read_prophesee_raw, path, "outside the 640x480 sensor")
+    # a time low that goes back counts as a wrap of the 12-bit field (expelliarmus' rule): forward
+    path.write_bytes(b"% evt 3.0\n" + evt3_words(0x6 << 12 | 9, 0x2 << 12, 0x6 << 12 | 3, 0x2 << 12))
+    assert read_prophesee_raw(path)[0]["t"].tolist() == [9, 1 << 12 | 3]
+    path.write_bytes(b"% evt 3.0\n" + evt3_words(*[0x4 << 12 | 0xFFF] * 10))
+    monkeypatch.setattr(prophesee, "MAX_EVENTS", 100)
+    assert_bad(read_prophesee_raw, path, "120 events, more than the 100")
+
+
+@pytest.mark.realdata
+def test_bench_decode_reports_like_for_like_numbers(real_data):
+    from benches.decode import SAMPLES, run
+
+    result = run(real_data / "samples", repeats=1)
+    assert set(result["formats"]) == {kind for kind, _, _ in SAMPLES}
+    for kind, row in result["formats"].items():
+        # both readers decoded the same events from the same file
+        assert row["events"] == row["baseline_events"] > 1000, kind
+        assert row["ratio"] == pytest.approx(row["ours_events_per_s"] / row["baseline_events_per_s"])
+        assert (
+            row["ours_events_per_s"] > 0
+            and row["bytes"] == (real_data / "samples" / row["file"]).stat().st_size
+        )

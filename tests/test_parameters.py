@@ -72,6 +72,8 @@ def test_build_dataset_options_are_the_build_config_fields() -> None:
         batch_size=8,
         source_options={"recordings_per_class": 6},
     )
+    sliced = build_config_from_args(parser.parse_args([*argv, "--window-us", "5000", "--slices"]))
+    assert (sliced.window_us, sliced.slices) == (5000, True)  # a bool field is a flag, not --slices X
     with pytest.raises(SystemExit):
         parser.parse_args([*argv, "--mode", "sideways"])
 

@@ -130,7 +130,8 @@ class MixData:
 
         Statics of all splits are usable: they are the source domain, never evaluated on.
         ``max_recordings_per_class`` keeps the first k recordings of each class after a shuffle
-        seeded by ``seed`` (data-scarcity curves: the same seed gives nested subsets as k grows).
+        seeded by ``seed`` (data-scarcity curves: the same seed gives nested subsets as k grows);
+        with sliced frames it counts samples.
         """
         from storage.reader import DatasetReader  # imported here: only this constructor needs it
 
@@ -139,8 +140,10 @@ class MixData:
         code = SPLITS.index(split) if split in SPLITS else None
         if code is None:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        labels = np.asarray(reader.labels, dtype=np.int64)
-        chosen = np.flatnonzero(np.asarray(reader.splits) == code)
+        # one row per sample: a recording sliced into several samples lends each its label and split
+        recording = reader.frame_recordings(key)
+        labels = np.asarray(reader.labels, dtype=np.int64)[recording]
+        chosen = np.flatnonzero(np.asarray(reader.splits)[recording] == code)
         if max_recordings_per_class is not None:
             chosen = keep_per_class(chosen, labels[chosen], max_recordings_per_class, seed)
         event_frames = np.asarray(reader.event_frames(key, indices=chosen))

@@ -105,7 +105,7 @@ def _load_split(reader, store: str | Path, split: str, frames_key: str):
         return MixData.from_store(
             store, snapshot=reader.snapshot_id, split=split, frames_key=frames_key
         ), None
-    labels = reader.labels
+    labels = np.asarray(reader.labels)[reader.frame_recordings(frames_key)]
     frames = reader.event_frames(frames_key)
     static = reader.static_frames(frames_key)
     data = MixData(

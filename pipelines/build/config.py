@@ -34,8 +34,8 @@ class BuildError(RuntimeError):
 
 def param(default: Any = MISSING, help: str = "", **cli: Any) -> Any:
     """A `BuildConfig` field with its command-line option: ``help`` and argparse keywords (``choices``,
-    ``type``, ``nargs``, ``metavar``, ``flag``). `add_build_arguments` makes `tmkt build-dataset`'s
-    options from these, so a parameter is declared once."""
+    ``type``, ``nargs``, ``metavar``, ``action``, ``flag``). `add_build_arguments` makes
+    `tmkt build-dataset`'s options from these, so a parameter is declared once."""
     metadata = {"help": help, **cli}
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=metadata)
@@ -51,6 +51,14 @@ class BuildConfig:
     store: str = param(help="store path (local folder or s3://bucket/prefix)")
     static: str | None = param(None, "folder of static images (MNIST IDX, CIFAR batches, JPEG/PNG)")
     time_bins: int = param(FrameSpec.time_bins, f"T, frames per recording (default {FrameSpec.time_bins})")
+    window_us: int = param(
+        FrameSpec.window_us, "bin by windows of this many us (0: T bins over the whole recording)"
+    )
+    slices: bool = param(
+        FrameSpec.slices,
+        "cut each recording into samples of T windows (needs --window-us)",
+        action="store_true",
+    )
     size: tuple[int, int] | None = param(
         None, "frame size (default per source)", type=int, nargs=2, metavar=("H", "W")
     )
@@ -91,7 +99,16 @@ class BuildConfig:
     def frame_spec(self) -> FrameSpec:
         size = self.size or DEFAULT_SIZES.get(self.source, (48, 48))
         fit = self.static_fit or DEFAULT_STATIC_FITS.get(self.source, "resize")
-        return FrameSpec(self.time_bins, tuple(size), self.mode, self.denoise_us, self.static_mode, fit)
+        return FrameSpec(
+            time_bins=self.time_bins,
+            size=tuple(size),
+            mode=self.mode,
+            denoise_us=self.denoise_us,
+            static_mode=self.static_mode,
+            static_fit=fit,
+            window_us=self.window_us,
+            slices=self.slices,
+        )
 
     def effective_test_fraction(self) -> float:
         return float(self.source_adapter().test_fraction)
@@ -125,7 +142,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
             cli["default"] = []
         else:
             cli["default"] = spec.default
-            if spec.default is not None and "type" not in cli:
+            if spec.default is not None and "type" not in cli and "action" not in cli:
                 cli["type"] = type(spec.default)
         parser.add_argument(flag, dest=spec.name, **cli)
 

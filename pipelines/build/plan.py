@@ -1,9 +1,9 @@
 """Stage 1 of a build: list the source, read the previous snapshot's manifest, assign splits and cut
 the work into batches.
 
-A refresh and a full build are the same plan: a recording whose content hash is unchanged since the
-previous snapshot is *reused* (its events and frames are read back from that snapshot) instead of
-decoded, a changed or new one is decoded, a removed one is dropped.
+A refresh and a full build are the same plan: a recording whose content hash and readers' version are
+unchanged since the previous snapshot is *reused* (its events and frames are read back from that
+snapshot) instead of decoded, a changed or new one is decoded, a removed one is dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ class Work:
     split: str
     previous: dict[str, Any] | None = None  # its manifest row in the previous snapshot
     previous_index: int | None = None  # its row in the previous snapshot's events
+
+    def unchanged(self, row: dict[str, Any]) -> bool:
+        """Same file content as in the previous snapshot (``row`` is its new manifest row), decoded
+        by readers that give the same events: a reader fix (``READERS_VERSION``) decodes it again."""
+        if self.previous is None or self.previous.get("readers") != row.get("readers"):
+            return False
+        return self.previous.get("sha256") == row.get("sha256")
 
 
 @dataclass

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.binning import bin_events
+from pipelines.binning import frames_of
 from pipelines.build.plan import BuildPlan, Work, previous_reader
 from pipelines.errors import BadInput
+from pipelines.formats import READERS_VERSION
 from pipelines.sources.base import EventItem, StaticItem
 from storage.schema import EVENT_DTYPE
 from storage.verify import events_digest, file_sha256
@@ -26,10 +27,11 @@ class BatchResult:
     events: dict[str, np.ndarray]  # field -> the good recordings' values, concatenated
     counts: np.ndarray  # events per good recording
     sensors: np.ndarray  # [n_good, 2] (width, height)
-    frames: dict[str, np.ndarray]  # key -> [n_good, T, 2, H, W]
+    frames: dict[str, np.ndarray]  # key -> [samples, T, 2, H, W]
+    samples: dict[str, np.ndarray]  # key -> samples per good recording (1 unless the spec slices)
 
     def meta(self) -> dict[str, Any]:
-        return {"rows": self.rows, "counts": self.counts, "sensors": self.sensors}
+        return {"rows": self.rows, "counts": self.counts, "sensors": self.sensors, "samples": self.samples}
 
     def part(self, kind: str, name: str) -> np.ndarray:
         """The rows of one output: ("events", <event field>) or ("frames", <frame key>)."""
@@ -73,7 +75,7 @@ def process_batch(
         row["data_hash"] = events_digest(ev)
         for spec in plan.specs:
             old = previous.frames.get(spec.key, {}).get(w.previous_index) if reused is not None else None
-            frames[spec.key].append(old if old is not None else bin_events(ev, sensor, spec))
+            frames[spec.key].append(old[None] if old is not None else frames_of(ev, sensor, spec))
         rows.append(row)
         events.append(ev)
         sensors.append(sensor)
@@ -87,12 +89,11 @@ def process_batch(
         },
         counts=np.array([len(e) for e in events], dtype=np.int64),
         sensors=np.array(sensors, dtype=np.int64).reshape(-1, 2),
-        frames={k: np.stack(v) if v else np.zeros((0, *spec_shape[k]), np.uint16) for k, v in frames.items()},
+        frames={
+            k: np.concatenate(v) if v else np.zeros((0, *spec_shape[k]), np.uint16) for k, v in frames.items()
+        },
+        samples={k: np.array([len(f) for f in v], dtype=np.int64) for k, v in frames.items()},
     )
-
-
-def _unchanged(w: Work, row: dict[str, Any]) -> bool:
-    return w.previous is not None and w.previous.get("sha256") == row.get("sha256")
 
 
 @dataclass
@@ -109,7 +110,7 @@ class _PreviousBatch:
         wanted = sorted(
             w.previous_index
             for w, row in zip(work, hashed, strict=True)
-            if _unchanged(w, row)
+            if w.unchanged(row)
             and w.previous["status"] == "ok"
             and row["status"] == "ok"
             and w.previous_index is not None
@@ -128,13 +129,13 @@ class _PreviousBatch:
             frames={
                 spec.key: dict(zip(wanted, previous.event_frames(spec.key, index), strict=True))
                 for spec in plan.specs
-                if spec.key in have
+                if spec.key in have and not spec.slices  # sliced frames are binned again
             },
         )
 
     def reuse(self, w: Work, row: dict[str, Any]) -> tuple[np.ndarray, tuple[int, int]] | None:
         """Events of an unchanged recording; an unchanged known-bad file is quarantined again."""
-        if not _unchanged(w, row):
+        if not w.unchanged(row):
             return None
         if w.previous["status"] != "ok":
             if row["status"] == "ok":
@@ -155,6 +156,7 @@ def _manifest_row(raw: Path, w: Work) -> dict[str, Any]:
         "status": "ok",
         "reason": "",
         "file": item.raw_file,
+        "readers": READERS_VERSION,
     }
     file = raw / item.raw_file
     try:

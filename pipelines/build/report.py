@@ -12,7 +12,7 @@ def find_changes(plan: BuildPlan, rows: list[dict[str, Any]]) -> dict[str, list[
     for w, row in zip(plan.work, rows, strict=True):
         if w.previous is None:
             added.append(row["path"])
-        elif w.previous.get("sha256") != row.get("sha256") or w.previous.get("split") != row["split"]:
+        elif not w.unchanged(row) or w.previous.get("split") != row["split"]:
             changed.append(row["path"])
     new_keys = [] if plan.previous_snapshot is None else _new_frame_keys(plan)
     # a recording that was quarantined before and is unchanged stays quarantined: no change

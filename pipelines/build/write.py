@@ -216,7 +216,6 @@ def _write_recordings(
     tx.write_array(layout.HEIGHT, sensors[:, 1].astype(np.uint16))
 
     event_rows = [int(m["counts"].sum()) for m in metas]
-    sample_rows = [len(m["counts"]) for m in metas]
     writes = []
     for name in EVENT_DTYPE.names:
         shape = (int(offsets[-1]),)
@@ -224,9 +223,15 @@ def _write_recordings(
         writes += _shard_writes(client, target, ("events", name), futures, event_rows)
     for spec in plan.specs:
         tx.set_frame_spec(spec)
-        shape = (len(counts), spec.time_bins, 2, *spec.size)
+        samples = [m["samples"][spec.key] for m in metas]  # per batch: samples of each recording
+        sample_rows = [int(s.sum()) for s in samples]
+        shape = (sum(sample_rows), spec.time_bins, 2, *spec.size)
         target = tx.shard_target(layout.event_frames(spec.key), shape, np.uint16)
         writes += _shard_writes(client, target, ("frames", spec.key), futures, sample_rows)
+        if spec.slices:
+            per_recording = np.concatenate(samples)
+            recording = np.repeat(np.arange(len(per_recording)), per_recording)
+            tx.write_array(layout.frame_recordings(spec.key), recording.astype(np.int64))
     tx.merge(client.gather(writes))
     return sensors
 
@@ -322,6 +327,7 @@ def _write_provenance(
                 layout.FRAMES_KEY: spec.key,
                 layout.SENSOR_SIZE: sensor_size,
                 layout.SPLIT_RULE: config.source_adapter().split_rule,
+                layout.ORIENTATION: config.source_adapter().orientation,
                 layout.SPLIT_NAMES: list(SPLITS),
                 layout.BUILD_PARAMS: asdict(config),
                 layout.DATA_PARAMS: config.data_params(),

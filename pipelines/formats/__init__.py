@@ -19,13 +19,18 @@ from pipelines.formats.cifar import read_cifar_batch, read_cifar_meta, write_cif
 from pipelines.formats.idx import read_idx, write_idx
 from pipelines.formats.images import read_image
 from pipelines.formats.nmnist import read_nmnist, write_nmnist
-from pipelines.formats.prophesee import read_evt2, read_prophesee_dat
+from pipelines.formats.prophesee import read_prophesee_dat, read_prophesee_raw
 
 EVENT_SUFFIXES: tuple[str, ...] = (".bin", ".aedat", ".aedat4", ".dat", ".raw")
+#: bumped whenever a reader gives other events for the same file, so that a refresh decodes such
+#: files again instead of reusing what older code decoded (2: AEDAT 2.0 DVS128 files in the
+#: camera's image coordinates instead of CIFAR10-DVS's turned view)
+READERS_VERSION = 2
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
 __all__ = [
     "EVENT_SUFFIXES",
+    "READERS_VERSION",
     "IMAGE_SUFFIXES",
     "read_events",
     "read_nmnist",
@@ -38,7 +43,7 @@ __all__ = [
     "read_aedat4",
     "write_aedat4",
     "read_prophesee_dat",
-    "read_evt2",
+    "read_prophesee_raw",
     "read_idx",
     "write_idx",
     "read_cifar_batch",
@@ -76,7 +81,7 @@ READERS = {
     ".aedat": _read_aedat,
     ".aedat4": read_aedat4,
     ".dat": read_prophesee_dat,
-    ".raw": read_evt2,
+    ".raw": read_prophesee_raw,
 }
 
 

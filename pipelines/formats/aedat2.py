@@ -1,22 +1,25 @@
-"""AEDAT 2.0 (jAER) files, as in the original CIFAR10-DVS download.
+"""AEDAT 2.0 (jAER) files, as in the original CIFAR10-DVS download, read in image coordinates.
 
 Layout: ASCII header lines that start with ``#`` (the first one ``#!AER-DAT2.0`` followed by
 ``\\r\\n`` or ``\\n``), then big-endian records of ``uint32 address, int32 timestamp`` (us).
 
 The address layout depends on the chip, named by the header's ``# AEChip:`` line:
 
-- DVS128 (no ``AEChip`` line, or any chip other than DAVIS346; CIFAR10-DVS): polarity in
-  bit 0, ``x_raw`` in bits 1-7, ``y_raw`` in bits 8-14; bit 15 marks jAER's special
-  (external input) events, which are dropped. CIFAR10-DVS was recorded with the sensor turned,
-  so the published readers (tonic's original-file CIFAR10DVS reader, spikingjelly's
-  ``CIFAR10DVS``) swap and flip the axes and invert the polarity::
+- DVS128 (no ``AEChip`` line, or any chip other than DAVIS346): polarity in bit 0, ``x_raw``
+  in bits 1-7, ``y_raw`` in bits 8-14; bit 15 marks jAER's special (external input) events,
+  which are dropped. jAER's DVS128 extractor (``ch.unizh.ini.jaer.chip.retina.DVS128.Extractor``)
+  mirrors x (``x = 127 - x_raw``), keeps ``y = y_raw`` on an axis that points up (its display
+  puts y = 0 at the bottom) and flips the polarity bit (raw 0 is an ON event). In image
+  coordinates as the camera saw them (row 0 on top), as this reader returns them::
 
-      x = 127 - y_raw,  y = 127 - x_raw,  p = 1 - p_raw
+      x = 127 - x_raw,  y = 127 - y_raw,  p = 1 - p_raw   (p = 1: ON)
 
-  and so does this reader, so its frames look like the ``.aedat4`` repack and the images.
+  Datasets that show their recordings turned (CIFAR10-DVS) apply their own transform in their
+  source adapter, not here.
 - DAVIS346 (``AEChip`` names a ``Davis346`` chip, 346x260): records with bit 31 (APS/ADC
   sample) or bit 10 (IMU and other non-DVS data) set are dropped; ``x_raw`` is bits 12-21,
-  ``y_raw`` bits 22-30, polarity bit 11, and as in ``tonic.io.read_davis_346``::
+  ``y_raw`` bits 22-30, polarity bit 11 (1: ON). jAER's DAVIS extractor mirrors x and keeps y
+  pointing up, so in image coordinates, as ``tonic.io.read_davis_346`` gives them::
 
       x = 345 - x_raw,  y = 259 - y_raw,  p = p_raw
 
@@ -62,7 +65,7 @@ class ChipLayout:
             keep = (a & 0x8000) == 0
             a = a[keep]
             x_raw, y_raw, p_raw = (a >> 1) & 0x7F, (a >> 8) & 0x7F, a & 1
-            return keep, 127 - y_raw, 127 - x_raw, 1 - p_raw
+            return keep, 127 - x_raw, 127 - y_raw, 1 - p_raw
         keep = ((a >> 31) == 0) & (((a >> 10) & 1) == 0)
         a = a[keep]
         x_raw, y_raw = (a >> 12) & 0x3FF, (a >> 22) & 0x1FF
@@ -74,7 +77,7 @@ class ChipLayout:
     def encode(self, events: np.ndarray) -> np.ndarray:
         x, y, p = (events[name].astype(np.uint32) for name in ("x", "y", "p"))
         if self.name == "DVS128":
-            x_raw, y_raw = 127 - y, 127 - x
+            x_raw, y_raw = 127 - x, 127 - y
             return (y_raw << 8) | (x_raw << 1) | (1 - p)
         width, height = self.sensor_size
         return ((height - 1 - y) << 22) | ((width - 1 - x) << 12) | (p << 11)

@@ -15,6 +15,13 @@ timestamp; the full time is ``eventTSOverflow << 31 | timestamp``. Packets of ot
 The sensor size comes from the ``#Source <id>: <name>`` header line: a known device name
 (DVS128, DAVIS240, DAVIS346, DVXplorer) or a ``<W>x<H>`` token in the name (what the writer
 puts there for other sizes); without one the sensor is taken to be a DVS128.
+
+Orientation: x and y are read as stored, as tonic's ``DVSGesture`` and spikingjelly's
+``DVS128Gesture`` read them: cAER/DV draw them with the origin top-left, y down. For a DVS128,
+libcaer's driver stores ``x = 127 - x_raw, y = y_raw`` (``dvs128.c``), while jAER (AEDAT 2.0, see
+``aedat2``) keeps the same y but draws it pointing up: the two tools show one sensor's output
+mirrored top to bottom, and each format is read here as its own tool shows it. No recording here
+settles which one shows a DVS128 scene upright.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ Layout (all little-endian)::
 
 Decoding goes through the ``aedat`` package; the writer lays the flatbuffers out by hand
 (there are only two tables), and writes no file data table, which is optional in the format.
+
+Orientation: DV stores image coordinates (origin top-left, y down, as its viewer draws them), read
+as stored (as ``aedat`` and ``tonic.io.read_aedat4`` give them).
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ stamp overflow marker: every later event gets ``2**13`` us added, exactly as in 
 authors' reader (and ``tonic.io.read_mnist_file``); the markers are dropped. The format has
 no header, so the sensor size is not in the file: N-MNIST is 34x34, N-Caltech101 varies
 (callers take ``max x + 1, max y + 1``).
+
+Orientation: x is the column and y the row with row 0 on top (the dataset authors' MATLAB reader
+and ``tonic.io.read_mnist_file`` read them as stored, and the digits come out upright: a test
+checks the real N-MNIST recordings against the MNIST images).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Prophesee recordings: DAT files (N-CARS and other Prophesee datasets) and EVT 2.0 RAW files.
+"""Prophesee recordings: DAT files (N-CARS and other Prophesee datasets) and EVT 2.0 / 3.0 RAW files.
+
+Orientation: Metavision writes image coordinates (origin top-left, y down), read as stored, as
+expelliarmus and Metavision's own readers give them.
 
 Both start with ASCII header lines ``% <keyword> <value>``. The sensor size comes from the
 header (``% Width``/``% Height``, ``% geometry WxH``, ``% format ...;width=W;height=H``, or
@@ -10,26 +13,44 @@ DAT: after the header, two bytes (event type, event size = 8), then little-endia
 28-31. The 32-bit time wraps after about 71 minutes: a drop of more than ``2**31`` us counts
 as one wrap.
 
-EVT 2.0: little-endian 32-bit words, the type in bits 28-31. ``CD_OFF`` (0) / ``CD_ON`` (1)
-carry the 6 low time bits in 22-27, x in 11-21 and y in 0-10; ``EV_TIME_HIGH`` (8) carries
-the 28 high time bits for the words after it; trigger (0xA), other (0xE) and continued (0xF)
-words are skipped. Events before the first time-high word take a time high of 0.
+RAW (EVT 2.0 and EVT 3.0): the header's ``% evt 2.0`` / ``% evt 3.0`` line (or ``% format EVT2`` /
+``EVT3``) names the encoding. Decoding is expelliarmus' (a maintained C decoder, several times
+faster than numpy over the words). Its C code trusts its input (a header line without a line end
+makes it loop forever; unknown word types abort it), so it never sees the user's file: the body is
+checked here (whole words, only word types it knows, an event count within ``MAX_EVENTS``) and
+handed over in a private copy behind a fixed header and one neutral word.
+
+- EVT 2.0: little-endian 32-bit words, the type in bits 28-31. ``CD_OFF`` (0) / ``CD_ON`` (1)
+  carry the 6 low time bits in 22-27, x in 11-21 and y in 0-10; ``EV_TIME_HIGH`` (8) carries
+  the 28 high time bits for the words after it; trigger (0xA), other (0xE) and continued (0xF)
+  words are skipped. Events before the first time-high word take a time high of 0.
+- EVT 3.0: little-endian 16-bit words, the type in bits 12-15: ``EVT_ADDR_Y`` (0), ``EVT_ADDR_X``
+  (2, one event; polarity bit 11), ``VECT_BASE_X`` (3), ``VECT_12`` / ``VECT_8`` (4, 5: one event
+  per set bit at consecutive x), ``TIME_LOW`` / ``TIME_HIGH`` (6, 8: 12 bits each, wraps counted),
+  trigger (0xC), other (0xE) and continued (0xF) words are skipped. ``CONTINUED_4`` (7), which
+  expelliarmus does not know, makes the file bad.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.errors import BadInput
 from pipelines.formats._common import check_time_order, make_events, read_bytes
+from storage.schema import EVENT_DTYPE
 
 DAT_RECORD = np.dtype([("t", "<u4"), ("data", "<u4")])
 DAT_EVENT_TYPES = {0x00, 0x0C}  # Event2d, EventCD
 WRAP_US = 2**32
-EVT2_CD_OFF, EVT2_CD_ON, EVT2_TIME_HIGH = 0x0, 0x1, 0x8
+EVT2_CD_ON = 0x1
 EVT2_KNOWN_TYPES = {0x0, 0x1, 0x8, 0xA, 0xE, 0xF}
 PLUGIN_SIZES = {"gen3": (640, 480), "gen31": (640, 480), "gen4": (1280, 720), "gen41": (1280, 720)}
 
@@ -102,28 +123,97 @@ def read_prophesee_dat(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     return _finish(path, events, _header_sensor_size(lines))
 
 
-def read_evt2(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
-    """CD events and sensor size ``(width, height)`` of a Prophesee EVT 2.0 RAW file."""
+@dataclass(frozen=True)
+class RawEncoding:
+    """What the checks before decoding need to know about one RAW encoding."""
+
+    name: str  # as in the header: "2.0", "3.0"
+    wizard: str  # expelliarmus' name for it
+    word: str  # numpy dtype of one word
+    type_shift: int
+    known_types: frozenset[int]
+    neutral_word: int  # a word that decodes to nothing (type "other")
+
+    def event_count(self, words: np.ndarray, kinds: np.ndarray, per_type: np.ndarray) -> int:
+        if self.wizard == "evt2":
+            return int(per_type[: EVT2_CD_ON + 1].sum())
+        vect12 = (words[kinds == EVT3_VECT_12] & 0xFFF).astype("<u2")
+        vect8 = (words[kinds == EVT3_VECT_8] & 0xFF).astype("<u2")
+        return int(per_type[EVT3_ADDR_X]) + sum(
+            int(np.unpackbits(v.view(np.uint8)).sum()) for v in (vect12, vect8) if len(v)
+        )
+
+
+EVT2 = RawEncoding("2.0", "evt2", "<u4", 28, frozenset(EVT2_KNOWN_TYPES), 0xE << 28)
+EVT3 = RawEncoding(
+    "3.0", "evt3", "<u2", 12, frozenset({0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x8, 0xC, 0xE, 0xF}), 0xE << 12
+)
+EVT3_ADDR_X, EVT3_VECT_12, EVT3_VECT_8 = 0x2, 0x4, 0x5
+#: more events than this in one file is refused: a corrupt EVT 3.0 body can claim up to six events
+#: per byte, and a recording this long is better sliced before it is stored
+MAX_EVENTS = 100_000_000
+
+
+def _raw_encoding(path: str | Path, lines: list[str]) -> RawEncoding:
+    text = "\n".join(lines)
+    if re.search(r"^% evt 2\.0\b", text, re.M) or re.search(r"^% format EVT2\b", text, re.M):
+        return EVT2
+    if re.search(r"^% evt 3\.0\b", text, re.M) or re.search(r"^% format EVT3\b", text, re.M):
+        return EVT3
+    raise BadInput(path, "not an EVT 2.0 or EVT 3.0 RAW file: the header names no 'evt 2.0' or 'evt 3.0'")
+
+
+def read_prophesee_raw(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """CD events and sensor size ``(width, height)`` of a Prophesee EVT 2.0 or EVT 3.0 RAW file."""
     raw = read_bytes(path)
     lines, pos = _split_percent_header(raw)
-    text = "\n".join(lines)
-    if not re.search(r"^% evt 2\.0\b", text, re.M) and "format EVT2" not in text:
-        raise BadInput(path, "not an EVT 2.0 RAW file: the header names no 'evt 2.0' format")
+    encoding = _raw_encoding(path, lines)
     body = memoryview(raw)[pos:]
-    if len(body) % 4:
-        raise BadInput(path, f"truncated: body of {len(body)} bytes is not a whole number of 32-bit words")
-    words = np.frombuffer(body, dtype="<u4")
-    kinds = words >> 28
-    unknown = ~np.isin(kinds, list(EVT2_KNOWN_TYPES))
-    if unknown.any():
-        i = int(np.flatnonzero(unknown)[0])
-        raise BadInput(path, f"unknown EVT 2.0 word type {int(kinds[i]):#x} at word {i}")
-    # carry each time-high word forward to the words after it
-    is_high = kinds == EVT2_TIME_HIGH
-    last_high = np.maximum.accumulate(np.where(is_high, np.arange(len(words)), -1))
-    time_high = np.where(last_high >= 0, words[np.maximum(last_high, 0)] & 0x0FFFFFFF, 0).astype(np.int64)
-    cd = kinds <= EVT2_CD_ON
-    w = words[cd]
-    t = (time_high[cd] << 6) | ((w >> 22) & 0x3F).astype(np.int64)
-    events = make_events((w >> 11) & 0x7FF, w & 0x7FF, t, kinds[cd])
+    size = np.dtype(encoding.word).itemsize
+    if len(body) % size:
+        raise BadInput(
+            path, f"truncated: body of {len(body)} bytes is not a whole number of {8 * size}-bit words"
+        )
+    words = np.frombuffer(body, dtype=encoding.word)
+    kinds = (words >> encoding.type_shift).astype(np.uint8)
+    per_type = np.bincount(kinds, minlength=16)
+    unknown = [kind for kind in np.flatnonzero(per_type) if kind not in encoding.known_types]
+    if unknown:
+        i = int(np.flatnonzero(np.isin(kinds, unknown))[0])
+        raise BadInput(path, f"unknown EVT {encoding.name} word type {int(kinds[i]):#x} at word {i}")
+    count = encoding.event_count(words, kinds, per_type)
+    if count > MAX_EVENTS:
+        raise BadInput(path, f"{count} events, more than the {MAX_EVENTS} one recording may hold")
+    events = _expelliarmus_decode(path, encoding, body, count) if count else np.empty(0, EVENT_DTYPE)
     return _finish(path, events, _header_sensor_size(lines))
+
+
+#: memory-backed where Linux has it, so the private copy never touches a disk
+PRIVATE_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
+@contextmanager
+def _private_file(*parts: bytes | memoryview) -> Iterator[str]:
+    """A path to a new file holding ``parts``, removed afterwards (expelliarmus reads only paths)."""
+    with tempfile.TemporaryDirectory(prefix="tmkt-raw-", dir=PRIVATE_DIR) as tmp:
+        path = Path(tmp) / "body.raw"
+        with open(path, "wb") as out:
+            for part in parts:
+                out.write(part)
+        yield str(path)
+
+
+def _expelliarmus_decode(path: str | Path, encoding: RawEncoding, body: memoryview, count: int) -> np.ndarray:
+    """Decode a checked body with expelliarmus, from a private copy with a header it parses safely."""
+    from expelliarmus import Wizard
+
+    header = f"% evt {encoding.name}\n".encode()
+    neutral = np.array([encoding.neutral_word], dtype=encoding.word).tobytes()
+    with _private_file(header + neutral, body) as copy:
+        decoded = Wizard(encoding=encoding.wizard).read(copy)
+    if decoded is None or len(decoded) != count:
+        got = "nothing" if decoded is None else f"{len(decoded)} events"
+        raise BadInput(path, f"EVT {encoding.name} decoder gave {got}, the words hold {count} events")
+    if decoded["x"].min() < 0 or decoded["y"].min() < 0:  # int16: vectors ran past x = 32767
+        raise BadInput(path, "negative event coordinates: corrupt vector events")
+    return make_events(decoded["x"], decoded["y"], decoded["t"], decoded["p"])

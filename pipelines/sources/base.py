@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -48,6 +50,52 @@ class Listing:
     bad_statics: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PublishedCounts:
+    """How many recordings the published download holds, to tell a complete download from a broken one.
+
+    ``per_split``: recordings per published split (a store's "val" is carved from "train", so both
+    count as "train"); ``per_class``: recordings per class in one published split, or in all of
+    them under ``"all"``; a class without any count given must still have recordings. ``source``
+    says where the numbers come from.
+    """
+
+    source: str
+    per_split: Mapping[str, int] = field(default_factory=dict)
+    per_class: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+    def warnings(self, classes: list[str], rows: Iterable[Mapping[str, Any]], limit: int = 12) -> list[str]:
+        """One line per count that differs, for the manifest ``rows`` of a store's recordings."""
+        rows = [r for r in rows if r.get("kind", "events") == "events"]
+        published_split = [("train" if r["split"] == "val" else r["split"]) for r in rows]
+        lines = []
+        have = Counter(published_split)
+        for split, expected in self.per_split.items():
+            if have[split] != expected:
+                lines.append(
+                    f"split {split}: {have[split]} recordings, the published download has {expected}"
+                )
+        for split, expected_per_class in self.per_class.items():
+            in_split = [r for r, s in zip(rows, published_split, strict=True) if split in ("all", s)]
+            per_class = Counter(classes[r["label"]] for r in in_split if 0 <= r["label"] < len(classes))
+            where = "" if split == "all" else f" in {split}"
+            lines += [
+                f"class {name!r}{where}: {per_class[name]} recordings, the published download has {n}"
+                for name, n in expected_per_class.items()
+                if per_class[name] != n
+            ]
+        counted = {name for per_class in self.per_class.values() for name in per_class}
+        present = Counter(r["label"] for r in rows)
+        lines += [
+            f"class {name!r}: no recordings"
+            for i, name in enumerate(classes)
+            if name not in counted and not present[i]
+        ]
+        if len(lines) > limit:
+            lines = lines[:limit] + [f"... and {len(lines) - limit} more counts that differ"]
+        return lines
+
+
 @dataclass
 class SplitParams:
     """The split parameters every source takes, and the rule they make, recorded in the store.
@@ -60,6 +108,11 @@ class SplitParams:
     test_fraction: float = DEFAULT_TEST_FRACTION
     split_seed: int = 0
     published_split: ClassVar[str] = "no published split"
+    #: how event coordinates relate to what the camera saw, recorded in the store; a dataset whose
+    #: published readers show its recordings turned says so and applies that transform in ``decode``
+    orientation: ClassVar[str] = "as the camera saw them: x = column, y = row, row 0 on top"
+    #: what the published download holds; None for layouts that are no published dataset
+    published: ClassVar[PublishedCounts | None] = None
 
     @property
     def split_rule(self) -> str:
@@ -74,6 +127,10 @@ class Source(Protocol):
     name: str
     #: how recordings without a fixed split are divided, recorded in the store
     split_rule: str
+    #: how event coordinates relate to the camera's image, recorded in the store
+    orientation: str
+    #: what the published download holds (``tmkt store info`` warns when a store differs)
+    published: PublishedCounts | None
 
     def list(self, raw: Path, static: Path | None) -> Listing: ...
 

@@ -1,7 +1,12 @@
 """CIFAR10-DVS recordings with CIFAR-10 static images.
 
 Events: ``raw/<class>/*.aedat`` (the original AEDAT 2.0 files, DVS128 128x128) or ``*.aedat4``
-(the AEDAT 4 repack); both may be mixed. There is no published split: the usual 9:1 per class
+(the AEDAT 4 repack); both may be mixed. The generic AEDAT 2.0 reader gives the camera's image;
+the published readers of the original files (spikingjelly's ``CIFAR10DVS``, tonic's reader of the
+original files) show it transposed, ``x = 127 - y_raw, y = 127 - x_raw, p = 1 - p_raw``, which is
+what the AEDAT 4 repack holds. So this adapter transposes the ``.aedat`` originals (``x <-> y``;
+the polarity already agrees) and both kinds of file come out alike, as those readers show them.
+There is no published split: the usual 9:1 per class
 (``test_fraction=0.1``), validation carved from the rest.
 
 Statics: the CIFAR-10 python batches, in ``static/cifar-10-batches-py/`` or directly in ``static/``:
@@ -20,7 +25,7 @@ import numpy as np
 from pipelines.errors import BadInput
 from pipelines.formats import read_events
 from pipelines.formats.cifar import read_cifar_batch
-from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
+from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem
 from pipelines.sources.folder import class_folder_events, require_dir
 
 CIFAR10DVS_CLASSES = [
@@ -81,10 +86,27 @@ def list_cifar_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, 
     return items, bad
 
 
+def transpose(events: np.ndarray) -> np.ndarray:
+    """Swap x and y: the camera's image turned as CIFAR10-DVS's published readers show it."""
+    out = events.copy()
+    out["x"], out["y"] = events["y"], events["x"]
+    return out
+
+
 @dataclass
 class CIFAR10DVSSource(SplitParams):
     name: str = "cifar10dvs"
     published_split = "no published split (9:1 per class)"
+    #: 1,000 per class: spikingjelly's CIFAR10DVSTEBNSplit takes samples 0-99 of each class for
+    #: test and 100-999 for train
+    published = PublishedCounts(
+        "CIFAR10-DVS: 1,000 recordings per class",
+        per_class={"all": dict.fromkeys(CIFAR10DVS_CLASSES, 1000)},
+    )
+    orientation = (
+        "as CIFAR10-DVS's published readers show it: AEDAT 2.0 originals transposed from the "
+        "camera's image (x = 127 - y_raw, y = 127 - x_raw, p = 1 - p_raw); AEDAT 4 repack as stored"
+    )
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)
@@ -100,7 +122,12 @@ class CIFAR10DVSSource(SplitParams):
 
     def decode(self, raw: Path, item: EventItem) -> tuple[np.ndarray, tuple[int, int]]:
         # .aedat: the version line decides (2.0 for the original files); .aedat4: the repack
-        return read_events(Path(raw) / item.path)
+        path = Path(raw) / item.path
+        events, sensor_size = read_events(path)
+        if path.suffix.lower() == ".aedat":
+            events = transpose(events)
+            sensor_size = (sensor_size[1], sensor_size[0])
+        return events, sensor_size
 
     def load_static(self, static: Path, item: StaticItem) -> np.ndarray:
         path = Path(static) / item.path

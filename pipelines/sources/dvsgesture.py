@@ -22,7 +22,7 @@ import numpy as np
 
 from pipelines.errors import BadInput
 from pipelines.formats.aedat3 import read_aedat31, read_gesture_labels
-from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
+from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem
 from pipelines.sources.folder import relative, require_dir
 
 DVSGESTURE_CLASSES = [
@@ -96,6 +96,11 @@ class DVSGestureSource(SplitParams):
     test_fraction: float = 0.0  # the download fixes the test split
     name: str = "dvsgesture"
     published_split = "published trials_to_train/test lists (users 1-23 / 24-29)"
+    published = PublishedCounts(
+        "DVS128 Gesture: 122 trials of 29 users; one sample per labels-csv row, 1,176 train and 288 "
+        "test, as spikingjelly's DVS128Gesture counts them",
+        per_split={"train": 1176, "test": 288},
+    )
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)

@@ -22,11 +22,12 @@ import numpy as np
 from pipelines.errors import BadInput
 from pipelines.formats.idx import read_idx
 from pipelines.formats.nmnist import read_nmnist
-from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
+from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem
 from pipelines.sources.folder import class_folder_events, require_dir
 
 NMNIST_CLASSES = [str(digit) for digit in range(10)]
 NMNIST_SENSOR_SIZE = (34, 34)
+MNIST_TEST_PER_DIGIT = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 #: (folder, fixed split) of the official download
 EVENT_FOLDERS = (("Train", "train"), ("Test", "test"))
 
@@ -104,6 +105,13 @@ class NMNISTSource(SplitParams):
     test_fraction: float = 0.0  # the download fixes the test split
     name: str = "nmnist"
     published_split = "published Train/Test folders"
+    #: one recording per MNIST image: 60,000 train and 10,000 test (the counts tonic's NMNIST checks
+    #: for); per digit in Test, the MNIST test set's label counts (read from the real t10k labels file)
+    published = PublishedCounts(
+        "N-MNIST: one recording per MNIST image",
+        per_split={"train": 60000, "test": 10000},
+        per_class={"test": dict(zip(NMNIST_CLASSES, MNIST_TEST_PER_DIGIT, strict=True))},
+    )
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)

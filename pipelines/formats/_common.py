@@ -28,6 +28,19 @@ def read_bytes(path: str | Path) -> bytes:
         raise BadInput(path, f"cannot read file: {err.strerror or err}") from err
 
 
+#: the store keeps sensor sizes as uint16: a larger one would wrap (70000 -> 4464) and pile every
+#: event of the recording into the wrong pixels
+MAX_SENSOR_SIDE = 0xFFFF
+
+
+def check_sensor_size(path: str | Path, sensor_size: tuple[int, int]) -> tuple[int, int]:
+    """The ``(width, height)`` a file declares, refused when the store cannot hold it exactly."""
+    width, height = (int(v) for v in sensor_size)
+    if not (0 <= width <= MAX_SENSOR_SIDE and 0 <= height <= MAX_SENSOR_SIDE):
+        raise BadInput(path, f"sensor size {width}x{height} outside 0..{MAX_SENSOR_SIDE} per side")
+    return width, height
+
+
 def check_in_sensor(path: str | Path, events: np.ndarray, sensor_size: tuple[int, int]) -> None:
     """Coordinates must lie on the sensor ``(width, height)``: anything else is a corrupt file."""
     if len(events) == 0:

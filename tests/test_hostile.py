@@ -344,3 +344,161 @@ def test_cifar_round_trip_still_reads(tmp_path):
     got, labels = read_cifar_batch(tmp_path / "data_batch_1")
     np.testing.assert_array_equal(got, images)
     assert labels.tolist() == [0, 1, 2, 9, 4]
+
+
+# ---------------------------------------------------------------- raw trees: nothing skipped silently
+
+
+def hostile_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A class-folder tree of AEDAT 4 files with every kind of entry a listing must report.
+
+    Returns the raw root and the expected ``{path: reason fragment}`` of what must be quarantined.
+    """
+    raw, outside = tmp_path / "raw", tmp_path / "elsewhere"
+    outside.mkdir()
+    write_aedat4(outside / "foreign.aedat4", events(), (34, 34))
+    for cls in ("c0", "c1"):
+        (raw / cls).mkdir(parents=True)
+        for i in range(4):
+            write_aedat4(raw / cls / f"r{i}.aedat4", events(40 + i), (34, 34))
+    os.mkfifo(raw / "c0" / "pipe.aedat4")
+    (raw / "c0" / "loop").symlink_to(raw / "c0")  # back to its own folder
+    (raw / "c0" / "self.aedat4").symlink_to(raw / "c0" / "self.aedat4")
+    (raw / "c0" / "gone.aedat4").symlink_to(raw / "c0" / "missing.aedat4")
+    (raw / "c1" / "out.aedat4").symlink_to(outside / "foreign.aedat4")
+    (raw / "c1" / "outdir").symlink_to(outside)
+    (raw / "c1" / "inside.aedat4").symlink_to(raw / "c0" / "r0.aedat4")  # stays inside: followed
+    write_aedat4(raw / "c1" / os.fsdecode(b"caf\xe9.aedat4"), events(), (34, 34))  # latin-1 name
+    expected = {
+        "c0/pipe.aedat4": "FIFO",
+        "c0/loop": "loop",
+        "c0/self.aedat4": "loop",
+        "c0/gone.aedat4": "broken symlink",
+        "c1/out.aedat4": "leaves the folder",
+        "c1/outdir": "leaves the folder",
+        "c1/caf\\xe9.aedat4": "UTF-8",
+    }
+    return raw, expected
+
+
+def test_listing_reports_every_entry_it_cannot_use(tmp_path):
+    from pipelines.sources.folder import FolderSource
+
+    raw, expected = hostile_tree(tmp_path)
+    listing = FolderSource().list(raw, None)
+    reasons = {item.path: item.reason for item in listing.events if item.reason}
+    assert set(reasons) == set(expected)
+    for path, fragment in expected.items():
+        assert fragment in reasons[path], (path, reasons[path])
+    good = sorted(item.path for item in listing.events if not item.reason)
+    assert good == sorted([f"c{c}/r{i}.aedat4" for c in (0, 1) for i in range(4)] + ["c1/inside.aedat4"])
+    assert listing.classes == ["c0", "c1"]
+
+
+LIST_IN_CHILD = """
+import json, os, sys
+from pipelines.sources.folder import FolderSource
+if os.geteuid() == 0:  # root reads every folder: list as nobody, as a user's build would
+    os.setgid(65534)
+    os.setuid(65534)
+listing = FolderSource().list(sys.argv[1], None)
+print(json.dumps({"classes": listing.classes, "events": [[e.path, e.reason] for e in listing.events]}))
+"""
+
+
+def test_unreadable_class_folder_is_reported_not_dropped(tmp_path):
+    base = Path(tempfile_dir(tmp_path))
+    raw = base / "raw"
+    for cls in ("c0", "c1"):
+        (raw / cls).mkdir(parents=True)
+        write_aedat4(raw / cls / "r.aedat4", events(), (34, 34))
+    (raw / "c1").chmod(0o000)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, "-c", LIST_IN_CHILD, str(raw)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        (raw / "c1").chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    assert listing["classes"] == ["c0", "c1"]  # the class stays, so no label shifts
+    assert listing["events"] == [["c0/r.aedat4", ""], ["c1", "folder cannot be read: Permission denied"]]
+
+
+def tempfile_dir(tmp_path: Path) -> str:
+    """A folder every user may enter (pytest's own is private to its user), removed with tmp_path."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    for path in [folder, *folder.parents]:
+        if path == Path("/"):
+            break
+        if path.stat().st_mode & 0o005 != 0o005:
+            path.chmod(path.stat().st_mode | 0o005)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_build_quarantines_hostile_files_and_commits_the_rest(tmp_path, client):
+    """The AEDAT 4 mutant that made the decoder panic used to hang the build through Dask."""
+    from pipelines.build import BuildConfig, run_build
+    from storage.reader import DatasetReader
+    from storage.verify import verify_store
+
+    raw, expected = hostile_tree(tmp_path)
+    panic = raw / "c0" / "r3.aedat4"
+    flipped = bytearray(panic.read_bytes())
+    flipped[18] ^= 1 << 2
+    panic.write_bytes(bytes(flipped))
+    expected["c0/r3.aedat4"] = "IOHeader"
+    static = tmp_path / "static"
+    for cls in ("c0", "c1"):
+        (static / cls).mkdir(parents=True)
+        Image.fromarray(np.full((40, 30), 50 + len(cls), np.uint8)).save(static / cls / "ok.png")
+    noise = np.random.default_rng(0).integers(0, 256, (20, 20), dtype=np.uint8)
+    data = zlib.compress(b"".join(b"\x00" + row.tobytes() for row in noise))
+    raw_png = png_bytes(20, 20, [data[:40], data[40:]])
+    second = raw_png.rfind(b"IDAT")
+    (static / "c0" / "chunk.png").write_bytes(raw_png[:second] + b"\x00DAT" + raw_png[second + 4 :])
+    tiny_jpeg_declaring(static / "c1", "bomb.jpg", 9000, progressive=True)
+
+    config = BuildConfig(
+        source="folder",
+        raw=str(raw),
+        static=str(static),
+        store=str(tmp_path / "s"),
+        size=(34, 34),
+        max_bad_fraction=0.9,
+    )
+    result = run_build(config, client=client)
+    assert result.committed
+    reasons = {q["path"]: q["reason"] for q in result.report["quarantined"]}
+    expected.update({"c0/chunk.png": "broken PNG", "c1/bomb.jpg": "pixels"})
+    assert set(reasons) == set(expected)
+    for path, fragment in expected.items():
+        assert fragment in reasons[path], (path, reasons[path])
+    reader = DatasetReader(tmp_path / "s")
+    assert sorted(reader.sources) == sorted(
+        [f"c{c}/r{i}.aedat4" for c in (0, 1) for i in range(4) if (c, i) != (0, 3)] + ["c1/inside.aedat4"]
+    )
+    assert reader.n_images == 2
+    for i, source in enumerate(reader.sources):
+        np.testing.assert_array_equal(reader.events(i)["t"], read_aedat4(raw / source)[0]["t"])
+    # the stored arrays verify; raw inputs are not re-read here (a FIFO among them would block a reader)
+    assert verify_store(tmp_path / "s", raw=tmp_path / "not-here") == []

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
 from pathlib import Path
 
@@ -143,6 +144,34 @@ def test_aedat4_lz4_packet_bomb_is_refused(tmp_path):
         out.write(b"#!AER-DAT4.0\r\n" + struct.pack("<I", len(header)) + header)
         out.write(struct.pack("<iI", 0, len(bomb)) + bomb)
     assert path.stat().st_size < 2 << 20
+    assert_bad_in_budget("read_aedat4", path, "decompress")
+
+
+def aedat4_with_payloads(path: Path, compression: int, payloads: list[bytes]) -> Path:
+    from pipelines.formats.aedat4 import _info_xml, _io_header
+
+    header = _io_header(compression, _info_xml(34, 34, "ZSTD" if compression == 3 else "LZ4"))
+    with open(path, "wb") as out:
+        out.write(b"#!AER-DAT4.0\r\n" + struct.pack("<I", len(header)) + header)
+        for payload in payloads:
+            out.write(struct.pack("<iI", 0, len(payload)) + payload)
+    return path
+
+
+def test_aedat4_zstd_packets_read_and_zstd_bombs_are_refused(tmp_path):
+    import zstandard
+
+    from pipelines.formats.aedat4 import _event_packet
+
+    ev = events(300)
+    packets = [zstandard.ZstdCompressor().compress(_event_packet(ev[i : i + 100])) for i in (0, 100, 200)]
+    got, size = read_aedat4(aedat4_with_payloads(tmp_path / "zstd.aedat4", 3, packets))
+    assert size == (34, 34)
+    for name in ("x", "y", "t", "p"):
+        np.testing.assert_array_equal(got[name], ev[name])
+    bomb = zstandard.ZstdCompressor(level=19).compress(_event_packet(ev[:4]) + bytes(300 << 20))
+    path = aedat4_with_payloads(tmp_path / "zbomb.aedat4", 3, [bomb])
+    assert path.stat().st_size < 100_000
     assert_bad_in_budget("read_aedat4", path, "decompress")
 
 
@@ -324,14 +353,23 @@ def test_idx_dimensions_whose_product_overflows_int64_are_bad(tmp_path):
     assert read_idx(empty).shape == (0, 28, 28)
 
 
+def test_idx_gzip_of_zeros_costs_no_gigabytes(tmp_path):
+    """A gzip bomb whose header is zeros too: a 0-dimension IDX must not inflate the rest."""
+    body = zlib.compressobj(9, zlib.DEFLATED, 31)
+    data = b"".join(body.compress(bytes(1 << 20)) for _ in range(300)) + body.flush()
+    path = tmp_path / "zeros-idx3-ubyte.gz"
+    path.write_bytes(data)
+    assert_bad_in_budget("read_idx", path)
+
+
 def test_idx_gzip_bomb_costs_no_gigabytes(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte.gz"
     body = zlib.compressobj(9, zlib.DEFLATED, 31)
     header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 28, 28)
     block = bytes(1 << 20)
-    data = body.compress(header) + b"".join(body.compress(block) for _ in range(1000)) + body.flush()
+    data = body.compress(header) + b"".join(body.compress(block) for _ in range(300)) + body.flush()
     path.write_bytes(data)
-    assert path.stat().st_size < 1_100_000
+    assert path.stat().st_size < 400_000
     assert_bad_in_budget("read_idx", path, "longer")
     declared = tmp_path / "declared-idx3-ubyte.gz"
     declared.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**20, 2**10, 2**10)))
@@ -502,3 +540,103 @@ def test_build_quarantines_hostile_files_and_commits_the_rest(tmp_path, client):
         np.testing.assert_array_equal(reader.events(i)["t"], read_aedat4(raw / source)[0]["t"])
     # the stored arrays verify; raw inputs are not re-read here (a FIFO among them would block a reader)
     assert verify_store(tmp_path / "s", raw=tmp_path / "not-here") == []
+
+
+# ---------------------------------------------------------------- peak memory of whole builds
+
+BUILD_IN_CHILD = """
+import sys
+from pipelines.build import BuildConfig, run_build
+source, raw, static, store = sys.argv[1:5]
+result = run_build(BuildConfig(source=source, raw=raw, static=static, store=store, workers=2,
+                               max_bad_fraction=0.9))
+print(len(result.report["quarantined"]), "quarantined;", result.report["recordings"], "recordings")
+"""
+
+
+def peak_build_rss_mb(source: str, raw: Path, static: Path, store: Path) -> tuple[float, str]:
+    """Run a real build (local Dask cluster, 2 workers) in a child; the peak summed RSS of its
+    process tree (client, scheduler, workers), sampled every 20 ms, and what it printed."""
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-c", BUILD_IN_CHILD, source, str(raw), str(static), str(store)]
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    root, peak = psutil.Process(child.pid), 0
+    while child.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    out, err = child.communicate()
+    assert child.returncode == 0, err[-3000:]
+    return peak / 2**20, out.strip()
+
+
+def hostile_static_trees(base: Path, hostile: bool) -> list[tuple[str, Path, Path]]:
+    """(source, raw, static) of three builds whose statics hold the tiny-but-huge files of a
+    hostile download (or, with ``hostile=False``, the same trees without them, as the baseline)."""
+    from pipelines.formats import write_idx, write_nmnist
+
+    trees = []
+    raw, static = base / "folder" / "raw", base / "folder" / "static"
+    for cls in ("c0", "c1"):
+        (raw / cls).mkdir(parents=True)
+        (static / cls).mkdir(parents=True)
+        for i in range(6):
+            write_aedat4(raw / cls / f"r{i}.aedat4", events(300 + i), (34, 34))
+        Image.fromarray(np.full((40, 30), 80, np.uint8)).save(static / cls / "ok.png")
+    if hostile:
+        for i in range(6):  # six 1.2 KB JPEGs declaring 9000x9000
+            tiny_jpeg_declaring(static / f"c{i % 2}", f"bomb{i}.jpg", 9000)
+        rows = zlib.compressobj(9)
+        data = b"".join(rows.compress(b"\x00" + bytes(13000)) for _ in range(13000)) + rows.flush()
+        (static / "c0" / "huge.png").write_bytes(png_bytes(13000, 13000, [data]))
+    trees.append(("folder", raw, static))
+
+    raw, static = base / "cifar" / "raw", base / "cifar" / "static"
+    for cls in ("airplane", "automobile"):
+        (raw / cls).mkdir(parents=True)
+        for i in range(6):
+            write_aedat4(raw / cls / f"r{i}.aedat4", events(300 + i), (34, 34))
+    static.mkdir(parents=True)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    write_cifar_batch(static / "data_batch_2", images, [0, 1, 0, 1])
+    if hostile:  # a pickle of shared references: about a gigabyte once numpy expands it
+        level = [0] * 300
+        for _ in range(2):
+            level = [level] * 300
+        cifar_pickle(static / "data_batch_1", np.zeros((4, 3072), np.uint8), [level] * 4)
+    trees.append(("cifar10dvs", raw, static))
+
+    raw, static = base / "nmnist" / "raw", base / "nmnist" / "static"
+    for digit in ("0", "1"):
+        (raw / "Train" / digit).mkdir(parents=True)
+        for i in range(6):
+            write_nmnist(raw / "Train" / digit / f"{i}.bin", events(300 + i))
+    static.mkdir(parents=True)
+    write_idx(static / "t10k-images-idx3-ubyte.gz", np.zeros((10, 28, 28), np.uint8))
+    write_idx(static / "t10k-labels-idx1-ubyte.gz", np.arange(10, dtype=np.uint8))
+    if hostile:  # a 1 MB gzip IDX declaring MNIST's shape and holding a gigabyte
+        write_idx(static / "train-labels-idx1-ubyte.gz", np.zeros(60000, np.uint8))
+        body = zlib.compressobj(9, zlib.DEFLATED, 31)
+        header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 28, 28)
+        data = body.compress(header) + b"".join(body.compress(bytes(1 << 20)) for _ in range(1000))
+        (static / "train-images-idx3-ubyte.gz").write_bytes(data + body.flush())
+    trees.append(("nmnist", raw, static))
+    return trees
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_builds_over_hostile_statics_cost_no_more_than_clean_ones(tmp_path):
+    peaks = {}
+    for hostile in (False, True):
+        for source, raw, static in hostile_static_trees(tmp_path / str(hostile), hostile):
+            peak, printed = peak_build_rss_mb(source, raw, static, tmp_path / f"store-{source}-{hostile}")
+            peaks[(source, hostile)] = peak
+            print(f"{source} {'hostile' if hostile else 'clean'}: peak {peak:.0f} MB ({printed})")
+    for source in ("folder", "cifar10dvs", "nmnist"):
+        assert peaks[(source, True)] < peaks[(source, False)] + 300, peaks

@@ -183,10 +183,11 @@ def _lz4_size(payload: bytes) -> int | None:
 
 def _zstd_size(payload: bytes) -> int | None:
     """Decompressed size of concatenated zstd frames, counted up to the cap; None when corrupt."""
-    reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=True)
+    decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_PACKET_BYTES)
     try:
-        return len(reader.read(MAX_PACKET_BYTES + 1))
-    except zstandard.ZstdError:
+        with decompressor.stream_reader(payload, read_across_frames=True) as reader:
+            return len(reader.read(MAX_PACKET_BYTES + 1))
+    except (zstandard.ZstdError, ValueError):
         return None
 
 

@@ -68,7 +68,8 @@ def _gunzip_declared(path: str | Path, raw: bytes) -> bytes:
     inflater = zlib.decompressobj(wbits=31)
     try:
         out = inflater.decompress(raw, 4)
-        out += inflater.decompress(inflater.unconsumed_tail, 4 * out[3]) if len(out) == 4 else b""
+        if len(out) == 4 and out[3]:  # (a max_length of 0 would mean no limit at all)
+            out += inflater.decompress(inflater.unconsumed_tail, 4 * out[3])
         shape, dtype, header_bytes = _header(path, out)
         wanted = header_bytes + math.prod(shape) * dtype.itemsize + 1
         while len(out) < wanted and inflater.unconsumed_tail:

@@ -67,7 +67,7 @@ def _reduced(array: np.ndarray) -> np.ndarray:
 def _to_uint8(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit (or 32-bit int) gray: keep the top 8 of the 16 bits
-        return (np.asarray(image, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+        return (np.asarray(image).clip(0, 65535) >> 8).astype(np.uint8)  # uint16 or int32: no int64 copy
     if image.mode in GRAY_MODES:
         return np.asarray(image.convert("L"), dtype=np.uint8)
     if image.mode == "P":

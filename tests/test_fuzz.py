@@ -181,9 +181,11 @@ def mutate(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
     if kind == 3:
         at, count = int(rng.integers(0, len(out))), int(rng.integers(1, 17))
         return bytes(out[:at] + out[at + count :]), f"delete {count} bytes at {at}"
-    if kind == 4:  # a header field overwritten with an extreme value
+    if kind == 4:  # a header field (file header, or a packet header anywhere) set to an extreme value
         value = EXTREMES[int(rng.integers(0, len(EXTREMES)))]
-        at = int(rng.integers(0, max(1, min(len(out), 128) - len(value) + 1)))
+        span = min(len(out), 128) if rng.random() < 0.5 else len(out)
+        at = int(rng.integers(0, max(1, span - len(value) + 1)))
+        at -= at % 4 if span > 128 else 0  # packet fields are 4-byte aligned
         out[at : at + len(value)] = value
         return bytes(out), f"overwrite {value.hex()} at {at}"
     numbers = [m.span() for m in re.finditer(rb"\d+", bytes(out[:1024]))]

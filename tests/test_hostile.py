@@ -180,7 +180,8 @@ def test_aedat4_description_that_is_not_utf8_is_bad(aedat4_file):
     at = raw.find(b"<dv version")
     raw[at + 1] = 0xFF
     aedat4_file.write_bytes(raw)
-    assert_bad(read_aedat4, aedat4_file)
+    # refused before the decoder, which would view the bytes as a Rust str without checking them
+    assert_bad(read_aedat4, aedat4_file, "not UTF-8")
 
 
 # ---------------------------------------------------------------- sensor sizes, AEDAT 3.1 times
@@ -360,6 +361,20 @@ def test_idx_gzip_of_zeros_costs_no_gigabytes(tmp_path):
     path = tmp_path / "zeros-idx3-ubyte.gz"
     path.write_bytes(data)
     assert_bad_in_budget("read_idx", path)
+
+
+def test_idx_gzip_stream_that_stops_yielding_is_bad_not_a_hang(tmp_path):
+    """Fuzz mutant idx_gz 723 (16 bytes inserted into a gzip IDX): zlib stops producing output
+    with input left over, and a loop waiting for the declared size spun forever."""
+    path = tmp_path / "stall-idx1-ubyte.gz"
+    path.write_bytes(
+        bytes.fromhex(
+            "1f8b08000000000002036360e060646060106160646266616563e7e044b000fa24c3111c00000067"
+            "219871df8a2d44afd0aab78a951a70"
+        )
+    )
+    result = read_in_child("read_idx", path, timeout=20)
+    assert result["outcome"] == "bad", result
 
 
 def test_idx_gzip_bomb_costs_no_gigabytes(tmp_path):

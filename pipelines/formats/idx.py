@@ -72,8 +72,11 @@ def _gunzip_declared(path: str | Path, raw: bytes) -> bytes:
             out += inflater.decompress(inflater.unconsumed_tail, 4 * out[3])
         shape, dtype, header_bytes = _header(path, out)
         wanted = header_bytes + math.prod(shape) * dtype.itemsize + 1
-        while len(out) < wanted and inflater.unconsumed_tail:
-            out += inflater.decompress(inflater.unconsumed_tail, wanted - len(out))
+        while len(out) < wanted and (tail := inflater.unconsumed_tail):
+            chunk = inflater.decompress(tail, wanted - len(out))
+            if not chunk and len(inflater.unconsumed_tail) == len(tail):  # corrupt data can stall zlib
+                raise BadInput(path, "corrupt gzip stream: decompression stopped making progress")
+            out += chunk
     except zlib.error as err:
         raise BadInput(path, f"unreadable gzip compression: {err}") from err
     if len(out) == wanted:

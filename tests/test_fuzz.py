@@ -334,6 +334,7 @@ def run_child(name: str, folder: Path, count: int) -> tuple[list[str], dict[str,
 def test_mutants_give_bad_input_or_valid_output(name, tmp_path, request):
     count = request.config.getoption("--fuzz")
     defects, counts = run_child(name, tmp_path, count)
+    print(f"{name}: {count} mutants, {counts['ok']} valid, {counts['bad']} BadInput, {len(defects)} defects")
     assert not defects, "\n".join(defects)
     assert counts["ok"] + counts["bad"] == count
     assert counts["bad"] > 0  # the mutations do reach the readers' checks

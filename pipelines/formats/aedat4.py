@@ -59,15 +59,8 @@ PACKET_EVENTS = 4096
 def read_aedat4(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     """Events of the first polarity stream and its sensor size ``(width, height)``."""
     check_layout(path, read_bytes(path))
-    streams, chunks = _decode(path)
-    event_ids = sorted(i for i, s in streams.items() if s.get("type") == "events")
-    if not event_ids:
-        raise BadInput(path, "no polarity event stream in the file")
-    stream_id = event_ids[0]
-    sensor_size = check_sensor_size(
-        path, (int(streams[stream_id]["width"]), int(streams[stream_id]["height"]))
-    )
-    chunks = [packet["events"] for packet in chunks if packet["stream_id"] == stream_id]
+    stream, chunks = _decode(path)
+    sensor_size = check_sensor_size(path, (int(stream["width"]), int(stream["height"])))
     if chunks:
         raw = np.concatenate(chunks)
         events = make_events(raw["x"], raw["y"], raw["t"].astype(np.int64), raw["on"])
@@ -80,17 +73,23 @@ def read_aedat4(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     return events, sensor_size
 
 
-def _decode(path: str | Path) -> tuple[dict, list[dict]]:
-    """The stream table and every packet, through ``aedat``; whatever it raises is a bad input."""
+def _decode(path: str | Path) -> tuple[dict, list[np.ndarray]]:
+    """The first polarity stream's description and its event chunks, through ``aedat``; whatever
+    the decoder raises is a bad input."""
     import aedat  # the Rust decoder; imported here so the other formats work without it
 
     try:
         decoder = aedat.Decoder(str(path))
-        return decoder.id_to_stream(), list(decoder)
-    except (KeyboardInterrupt, SystemExit):
+        streams = decoder.id_to_stream()
+        event_ids = sorted(i for i, s in streams.items() if s.get("type") == "events")
+        if not event_ids:
+            raise BadInput(path, "no polarity event stream in the file")
+        chunks = [packet["events"] for packet in decoder if packet["stream_id"] == event_ids[0]]
+    except (BadInput, KeyboardInterrupt, SystemExit):
         raise
     except BaseException as err:  # noqa: B036 - a Rust panic arrives as pyo3's BaseException
         raise BadInput(path, f"cannot decode AEDAT 4.0: {type(err).__name__}: {err}") from err
+    return streams[event_ids[0]], chunks
 
 
 def check_layout(path: str | Path, raw: bytes) -> None:

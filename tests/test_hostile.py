@@ -12,9 +12,11 @@ import io
 import json
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import zlib
@@ -459,14 +461,18 @@ print(json.dumps({"classes": listing.classes, "events": [[e.path, e.reason] for 
 """
 
 
-def test_unreadable_class_folder_is_reported_not_dropped(tmp_path):
-    base = Path(tempfile_dir(tmp_path))
+def test_unreadable_class_folder_is_reported_not_dropped():
+    # a folder of its own in the system temp folder: pytest's is private to its user, and the
+    # listing runs as an unprivileged user when the tests run as root (root reads every folder)
+    base = Path(tempfile.mkdtemp(prefix="tmkt-unreadable-"))
+    base.chmod(0o755)
     raw = base / "raw"
-    for cls in ("c0", "c1"):
-        (raw / cls).mkdir(parents=True)
-        write_aedat4(raw / cls / "r.aedat4", events(), (34, 34))
-    (raw / "c1").chmod(0o000)
     try:
+        for cls in ("c0", "c1"):
+            (raw / cls).mkdir(parents=True)
+            write_aedat4(raw / cls / "r.aedat4", events(), (34, 34))
+        raw.chmod(0o755)
+        (raw / "c1").chmod(0o000)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         done = subprocess.run(
             [sys.executable, "-c", LIST_IN_CHILD, str(raw)],
@@ -477,22 +483,11 @@ def test_unreadable_class_folder_is_reported_not_dropped(tmp_path):
         )
     finally:
         (raw / "c1").chmod(0o755)
+        shutil.rmtree(base)
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
     assert listing["classes"] == ["c0", "c1"]  # the class stays, so no label shifts
     assert listing["events"] == [["c0/r.aedat4", ""], ["c1", "folder cannot be read: Permission denied"]]
-
-
-def tempfile_dir(tmp_path: Path) -> str:
-    """A folder every user may enter (pytest's own is private to its user), removed with tmp_path."""
-    folder = tmp_path / "shared"
-    folder.mkdir()
-    for path in [folder, *folder.parents]:
-        if path == Path("/"):
-            break
-        if path.stat().st_mode & 0o005 != 0o005:
-            path.chmod(path.stat().st_mode | 0o005)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

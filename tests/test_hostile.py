@@ -650,3 +650,25 @@ def test_builds_over_hostile_statics_cost_no_more_than_clean_ones(tmp_path):
             print(f"{source} {'hostile' if hostile else 'clean'}: peak {peak:.0f} MB ({printed})")
     for source in ("folder", "cifar10dvs", "nmnist"):
         assert peaks[(source, True)] < peaks[(source, False)] + 300, peaks
+
+
+def test_readers_refuse_a_fifo_instead_of_blocking_on_it(tmp_path):
+    for name, reader in (("rec.bin", read_events), ("x-idx1-ubyte", read_idx), ("img.png", read_image)):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        assert_bad(reader, fifo, "not a regular file")
+
+
+def test_fixed_static_names_that_are_not_files_are_reported(tmp_path):
+    from pipelines.sources.cifar10dvs import list_cifar_statics
+    from pipelines.sources.nmnist import list_mnist_statics
+
+    os.mkfifo(tmp_path / "t10k-images-idx3-ubyte")
+    from pipelines.formats import write_idx
+
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
+    items, bad = list_mnist_statics(tmp_path)
+    assert items == [] and bad == [("t10k-images-idx3-ubyte", "not a regular file")]  # not "missing"
+    os.mkfifo(tmp_path / "data_batch_1")
+    items, bad = list_cifar_statics(tmp_path)
+    assert items == [] and bad == [("data_batch_1", "not a regular file")]

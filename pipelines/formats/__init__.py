@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import BadInput
-from pipelines.formats._common import check_sensor_size
+from pipelines.formats._common import check_regular, check_sensor_size
 from pipelines.formats.aedat2 import read_aedat2, write_aedat2
 from pipelines.formats.aedat3 import read_aedat31, read_gesture_labels, write_aedat31
 from pipelines.formats.aedat4 import read_aedat4, write_aedat4
@@ -60,6 +60,7 @@ def _read_bin(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
 
 def _read_aedat(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     """``.aedat`` holds AEDAT 2.0 or 3.1: the version line at the top decides."""
+    check_regular(path)
     try:
         with open(path, "rb") as f:
             first = f.readline(64).rstrip(b"\r\n")

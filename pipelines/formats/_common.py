@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,19 @@ def make_events(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray) -> n
     return events
 
 
+def check_regular(path: str | Path) -> None:
+    """A FIFO, socket or device is a bad input: opening a FIFO to read it would block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise BadInput(path, f"cannot read file: {err.strerror or err}") from err
+    if not stat.S_ISREG(mode):
+        raise BadInput(path, "not a regular file")
+
+
 def read_bytes(path: str | Path) -> bytes:
     """The whole file; a missing or unreadable file is a bad input, not a crash of the build."""
+    check_regular(path)
     try:
         return Path(path).read_bytes()
     except OSError as err:

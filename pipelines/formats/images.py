@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.errors import BadInput
+from pipelines.formats._common import check_regular
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 #: short side images are reduced to (at least this, less than twice this): twice the largest frame
@@ -36,6 +37,7 @@ def read_image(path: str | Path) -> np.ndarray:
     Every failure of the decoder on this file (Pillow raises ``SyntaxError`` for a broken PNG
     chunk, among others) is a ``BadInput`` naming it.
     """
+    check_regular(path)
     try:
         with Image.open(path, formats=FORMATS) as image:
             if image.info.get("progressive"):  # libjpeg keeps every DCT coefficient of the full size

@@ -22,6 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 _SESSION_HOME: list[str] = []
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz",
+        type=int,
+        default=50,
+        metavar="N",
+        help="mutants per format in tests/test_fuzz.py (default 50)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Prefect keeps its database, profiles and settings under PREFECT_HOME: point it at a throwaway
     # folder so tests never touch the user's ~/.prefect, never reach the user's server, and send

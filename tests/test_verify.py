@@ -187,3 +187,38 @@ def test_a_quarantined_static_does_not_make_every_refresh_commit(tmp_path: Path)
     assert not again.committed and again.snapshot == first.snapshot
     (static / "no-such-class" / "x.png").write_bytes(b"changed")  # a change of the bad file is one
     assert run_build(config).committed
+
+
+@pytest.mark.timeout(120)  # before the fix, hashing the FIFO waited for a writer forever
+def test_verify_reads_only_regular_raw_inputs_that_the_build_hashed(
+    tmp_path: Path, real_data_dir: Path
+) -> None:
+    """A FIFO or a link loop quarantined at listing is not re-read; an input turned FIFO is a fault."""
+    import os
+
+    raw = tmp_path / "raw"
+    for digit in ("1", "7"):
+        (raw / "Train" / digit).mkdir(parents=True)
+        for f in sorted((real_data_dir / "nmnist" / "Train" / digit).glob("*.bin"))[:2]:
+            shutil.copy(f, raw / "Train" / digit / f.name)
+    os.mkfifo(raw / "Train" / "7" / "pipe.bin")
+    (raw / "Train" / "1" / "loop.bin").symlink_to(raw / "Train" / "1")  # a link loop to its folder
+    config = BuildConfig(
+        source="nmnist", raw=str(raw), store=str(tmp_path / "s"), workers=1, max_bad_fraction=0.5
+    )
+    result = run_build(config)
+    assert result.committed
+    reasons = {q["path"]: q["reason"] for q in result.report["quarantined"]}
+    assert set(reasons) == {"Train/7/pipe.bin", "Train/1/loop.bin"}, reasons
+    assert verify_store(config.store, raw=raw) == []
+
+    good = sorted((raw / "Train" / "7").glob("0*.bin"))
+    good[0].unlink()
+    os.mkfifo(good[0])  # an input the build read is now a FIFO: reported, never opened to block
+    flip_byte(good[1])
+    assert sorted(verify_store(config.store, raw=raw)) == sorted(
+        [
+            f"{good[0]}: raw input cannot be read (not a regular file)",
+            f"{good[1]}: raw input changed since the build (sha256 differs)",
+        ]
+    )

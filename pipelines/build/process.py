@@ -158,15 +158,15 @@ def _manifest_row(raw: Path, w: Work) -> dict[str, Any]:
         "file": item.raw_file,
         "readers": READERS_VERSION,
     }
+    if item.reason:  # bad from the listing: the path may be a FIFO (opening it blocks) or a loop
+        row.update(size=0, sha256="", status="quarantined", reason=item.reason)
+        return row
     file = raw / item.raw_file
     try:
         row["size"] = file.stat().st_size
         row["sha256"] = file_sha256(file)
     except OSError as err:
         row.update(size=0, sha256="", status="quarantined", reason=f"unreadable: {err.strerror or err}")
-        return row
-    if item.reason:
-        row.update(status="quarantined", reason=item.reason)
     return row
 
 

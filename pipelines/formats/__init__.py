@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import BadInput
+from pipelines.formats._common import check_regular, check_sensor_size
 from pipelines.formats.aedat2 import read_aedat2, write_aedat2
 from pipelines.formats.aedat3 import read_aedat31, read_gesture_labels, write_aedat31
 from pipelines.formats.aedat4 import read_aedat4, write_aedat4
@@ -64,6 +65,7 @@ def _read_bin(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
 
 def _read_aedat(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     """``.aedat`` holds AEDAT 2.0 or 3.1: the version line at the top decides."""
+    check_regular(path)
     try:
         with open(path, "rb") as f:
             first = f.readline(64).rstrip(b"\r\n")
@@ -86,10 +88,14 @@ READERS = {
 
 
 def read_events(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
-    """Events and sensor size ``(width, height)`` of any supported event file, by its suffix."""
+    """Events and sensor size ``(width, height)`` of any supported event file, by its suffix.
+
+    The sensor size is checked here once more, whatever the reader: the store keeps it as uint16.
+    """
     reader = READERS.get(Path(path).suffix.lower())
     if reader is None:
         raise BadInput(
             path, f"unsupported event file suffix {Path(path).suffix!r}; expected {EVENT_SUFFIXES}"
         )
-    return reader(path)
+    events, sensor_size = reader(path)
+    return events, check_sensor_size(path, sensor_size)

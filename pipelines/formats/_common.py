@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,36 @@ def make_events(x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray) -> n
     return events
 
 
+def check_regular(path: str | Path) -> None:
+    """A FIFO, socket or device is a bad input: opening a FIFO to read it would block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise BadInput(path, f"cannot read file: {err.strerror or err}") from err
+    if not stat.S_ISREG(mode):
+        raise BadInput(path, "not a regular file")
+
+
 def read_bytes(path: str | Path) -> bytes:
     """The whole file; a missing or unreadable file is a bad input, not a crash of the build."""
+    check_regular(path)
     try:
         return Path(path).read_bytes()
     except OSError as err:
         raise BadInput(path, f"cannot read file: {err.strerror or err}") from err
+
+
+#: the store keeps sensor sizes as uint16: a larger one would wrap (70000 -> 4464) and pile every
+#: event of the recording into the wrong pixels
+MAX_SENSOR_SIDE = 0xFFFF
+
+
+def check_sensor_size(path: str | Path, sensor_size: tuple[int, int]) -> tuple[int, int]:
+    """The ``(width, height)`` a file declares, refused when the store cannot hold it exactly."""
+    width, height = (int(v) for v in sensor_size)
+    if not (0 <= width <= MAX_SENSOR_SIDE and 0 <= height <= MAX_SENSOR_SIDE):
+        raise BadInput(path, f"sensor size {width}x{height} outside 0..{MAX_SENSOR_SIDE} per side")
+    return width, height
 
 
 def check_in_sensor(path: str | Path, events: np.ndarray, sensor_size: tuple[int, int]) -> None:

@@ -35,6 +35,7 @@ from pipelines.errors import BadInput
 from pipelines.formats._common import (
     as_event_array,
     check_in_sensor,
+    check_sensor_size,
     check_time_order,
     check_writable,
     make_events,
@@ -113,7 +114,7 @@ def read_aedat31(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     if not raw.startswith(MAGIC_LINE.encode()):
         raise BadInput(path, f"not an AEDAT 3.1 file: it does not start with {MAGIC_LINE!r}")
     lines, body_start = split_header(path, raw, b"#", end_line=END_LINE)
-    sensor_size = _sensor_from_header(lines)
+    sensor_size = check_sensor_size(path, _sensor_from_header(lines))
     packets = _polarity_packets(path, raw, body_start)
     if not packets:
         return make_events(*(np.empty(0, dtype=np.int64) for _ in range(4))), sensor_size
@@ -123,6 +124,8 @@ def read_aedat31(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     )
     valid = (data & 1) == 1
     data, t = data[valid], t[valid]
+    if len(t) and int(t.min()) < 0:  # a negative stamp or overflow count: nothing can place it in time
+        raise BadInput(path, f"negative time stamp {int(t.min())} us")
     events = make_events((data >> 17) & 0x7FFF, (data >> 2) & 0x7FFF, t, (data >> 1) & 1)
     check_in_sensor(path, events, sensor_size)
     check_time_order(path, events["t"])

@@ -2,11 +2,17 @@
 
 Layout: two zero bytes, a type code byte, the number of dimensions ``n``, then ``n``
 big-endian uint32 sizes, then the values in C order, big-endian.
+
+Trust: the header declares the array's size, and a gzip stream can expand a thousandfold. So
+the declared size is computed with Python integers (no int64 overflow), capped, and compared
+with the data: a gzip file is inflated in steps and never past the declared size plus one
+byte, so a bomb costs at most what its header honestly declares.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -19,29 +25,65 @@ from pipelines.formats._common import read_bytes
 TYPE_CODES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 CODE_OF_KIND = {np.dtype(v).newbyteorder("="): k for k, v in TYPE_CODES.items()}
 GZIP_MAGIC = b"\x1f\x8b"
+#: largest array read: MNIST's training images take 47 MB; an IDX static set beyond this is refused
+MAX_IDX_BYTES = 512 << 20
+#: numpy 1's dimension limit (IDX data sets use 1 to 4)
+MAX_DIMS = 32
 
 
 def read_idx(path: str | Path) -> np.ndarray:
     """The array stored in one IDX file, in native byte order (``uint8`` for MNIST)."""
     raw = read_bytes(path)
     if raw.startswith(GZIP_MAGIC):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise BadInput(path, f"unreadable gzip compression: {err}") from err
+        raw = _gunzip_declared(path, raw)
+    shape, dtype, header_bytes = _header(path, raw)
+    expected = math.prod(shape) * dtype.itemsize
+    if len(raw) - header_bytes != expected:
+        raise BadInput(path, f"data is {len(raw) - header_bytes} bytes, shape {shape} needs {expected}")
+    data = np.frombuffer(raw, dtype=dtype, offset=header_bytes).reshape(shape)
+    return data.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _header(path: str | Path, raw: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and header length, with the declared data size checked against the cap."""
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in TYPE_CODES:
         raise BadInput(path, f"not an IDX file: magic bytes {raw[:4].hex()}")
     ndim = raw[3]
+    if ndim > MAX_DIMS:
+        raise BadInput(path, f"{ndim} dimensions declared; at most {MAX_DIMS} are supported")
     header_bytes = 4 + 4 * ndim
     if len(raw) < header_bytes:
         raise BadInput(path, "truncated: the dimension sizes run past the end of the file")
     shape = struct.unpack(f">{ndim}I", raw[4:header_bytes])
     dtype = np.dtype(TYPE_CODES[raw[2]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header_bytes != expected:
-        raise BadInput(path, f"data is {len(raw) - header_bytes} bytes, shape {shape} needs {expected}")
-    data = np.frombuffer(raw, dtype=dtype, offset=header_bytes).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
+    # Python ints, no overflow; an empty dimension does not excuse huge others (numpy's strides)
+    declared = math.prod(max(side, 1) for side in shape) * dtype.itemsize
+    if declared > MAX_IDX_BYTES:
+        raise BadInput(path, f"shape {shape} declares {declared} bytes, over the {MAX_IDX_BYTES}-byte cap")
+    return shape, dtype, header_bytes
+
+
+def _gunzip_declared(path: str | Path, raw: bytes) -> bytes:
+    """Inflate the header, then at most the declared data and one byte more (to see a longer stream)."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(raw, 4)
+        if len(out) == 4 and out[3]:  # (a max_length of 0 would mean no limit at all)
+            out += inflater.decompress(inflater.unconsumed_tail, 4 * out[3])
+        shape, dtype, header_bytes = _header(path, out)
+        wanted = header_bytes + math.prod(shape) * dtype.itemsize + 1
+        while len(out) < wanted and (tail := inflater.unconsumed_tail):
+            chunk = inflater.decompress(tail, wanted - len(out))
+            if not chunk and len(inflater.unconsumed_tail) == len(tail):  # corrupt data can stall zlib
+                raise BadInput(path, "corrupt gzip stream: decompression stopped making progress")
+            out += chunk
+    except zlib.error as err:
+        raise BadInput(path, f"unreadable gzip compression: {err}") from err
+    if len(out) == wanted:
+        raise BadInput(path, f"decompressed data is longer than shape {shape} declares")
+    if not inflater.eof:
+        raise BadInput(path, "truncated gzip stream")
+    return out
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
@@ -50,8 +92,8 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     code = CODE_OF_KIND.get(array.dtype.newbyteorder("="))
     if code is None:
         raise ValueError(f"IDX cannot store dtype {array.dtype}")
-    if array.ndim > 255:
-        raise ValueError("IDX stores at most 255 dimensions")
+    if array.ndim > MAX_DIMS:
+        raise ValueError(f"IDX files here hold at most {MAX_DIMS} dimensions")
     payload = (
         bytes([0, 0, code, array.ndim])
         + struct.pack(f">{array.ndim}I", *array.shape)

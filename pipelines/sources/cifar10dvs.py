@@ -17,6 +17,7 @@ the same class order as ``CIFAR10DVS_CLASSES``.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def list_cifar_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, 
     bad: list[tuple[str, str]] = []
     for name, split in BATCHES:
         path = root / name
-        if not path.is_file():
+        if not os.path.lexists(path):  # anything else there (a FIFO, a broken link) is read and reported
             continue
         rel = path.relative_to(static).as_posix()
         try:

@@ -24,6 +24,7 @@ from pipelines.errors import BadInput
 from pipelines.formats.aedat3 import read_aedat31, read_gesture_labels
 from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem
 from pipelines.sources.folder import relative, require_dir
+from pipelines.sources.walk import Walker
 
 DVSGESTURE_CLASSES = [
     "hand_clapping",
@@ -104,10 +105,12 @@ class DVSGestureSource(SplitParams):
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)
-        trials = sorted(p for p in raw.rglob("*.aedat") if p.is_file() and TRIAL_PATTERN.match(p.name))
+        found = Walker(raw, (".aedat",)).files(raw)
+        trials = [e.path for e in found if not e.reason and TRIAL_PATTERN.match(e.path.name)]
         folders = [raw] + sorted({p.parent for p in trials} - {raw})
         split_of = _read_trials_lists(folders)
-        events: list[EventItem] = []
+        # what cannot be walked (unreadable folder, FIFO, link out of raw...) is reported, not dropped
+        events = [EventItem(relative(e.path, raw), -1, None, e.reason) for e in found if e.reason]
         for trial in trials:
             rel = relative(trial, raw)
             split = _split_by_user(trial.name) if split_of is None else split_of.get(trial.name)

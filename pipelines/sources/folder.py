@@ -4,7 +4,9 @@ Layout: ``raw/<class>/<file>`` of any event format ``pipelines.formats.read_even
 folders inside a class folder are fine), static images ``static/<class>/*.png|jpg``. The classes
 are the sorted raw class folder names; a static folder of another name cannot be paired with any
 recording, so its files are reported in ``bad_statics``. Hidden files (``.DS_Store``, ``._x``) are
-skipped everywhere.
+skipped everywhere. Folders are walked by ``pipelines.sources.walk``: unreadable folders, FIFOs,
+symlink loops, links leaving the root (not followed) and names that are not UTF-8 are listed with
+their reason and quarantined, never dropped.
 """
 
 from __future__ import annotations
@@ -18,28 +20,12 @@ import numpy as np
 from pipelines.formats import EVENT_SUFFIXES, IMAGE_SUFFIXES, read_events
 from pipelines.formats.images import read_image
 from pipelines.sources.base import EventItem, Listing, SplitParams, StaticItem
-
-
-def _normalized(suffixes: Iterable[str]) -> tuple[str, ...]:
-    return tuple(s.lower() if s.startswith(".") else f".{s.lower()}" for s in suffixes)
-
-
-def files_with_suffix(folder: Path, suffixes: Iterable[str]) -> list[Path]:
-    """Files under ``folder`` (recursive) whose name ends in one of ``suffixes``, sorted."""
-    wanted = _normalized(suffixes)
-    found = [
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path.name.lower().endswith(wanted)
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    ]
-    return sorted(found)
+from pipelines.sources.walk import Entry, Walker, display
 
 
 def relative(path: Path, root: Path) -> str:
     """Path relative to ``root`` with forward slashes, as stored in listings."""
-    return path.relative_to(root).as_posix()
+    return display(path, root)
 
 
 def require_dir(root: Path, what: str = "raw folder") -> Path:
@@ -50,11 +36,11 @@ def require_dir(root: Path, what: str = "raw folder") -> Path:
     return root
 
 
-def class_dirs(base: Path) -> list[Path]:
-    """Visible sub-folders of ``base``, sorted by name; none when ``base`` is missing."""
+def class_dirs(root: Path, base: Path) -> tuple[list[Path], list[Entry]]:
+    """Visible sub-folders of ``base`` (sorted) and the entries that look like folders but cannot be used."""
     if not base.is_dir():
-        return []
-    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return [], []
+    return Walker(root, ()).folders(base)
 
 
 def class_folder_events(
@@ -65,17 +51,20 @@ def class_folder_events(
     split: str | None = None,
     skip: Iterable[str] = (),
 ) -> list[EventItem]:
-    """EventItems for ``base/<class>/<file>``; an unknown class folder gives label -1 and a reason."""
+    """EventItems for ``base/<class>/<file>``; an unknown class folder gives label -1 and a reason,
+    and so does every entry that cannot be used (see ``pipelines.sources.walk``)."""
     index = {name: i for i, name in enumerate(classes)}
     skipped = set(skip)
-    items = []
-    for folder in class_dirs(base):
+    walker = Walker(raw, suffixes)
+    folders, problems = class_dirs(raw, base)
+    items = [EventItem(relative(p.path, raw), -1, split, p.reason) for p in problems]
+    for folder in folders:
         if folder.name in skipped:
             continue
         label = index.get(folder.name, -1)
-        reason = "" if label >= 0 else f"unknown class folder '{folder.name}'"
-        for path in files_with_suffix(folder, suffixes):
-            items.append(EventItem(path=relative(path, raw), label=label, split=split, reason=reason))
+        unknown = "" if label >= 0 else f"unknown class folder '{folder.name}'"
+        for entry in walker.files(folder):
+            items.append(EventItem(relative(entry.path, raw), label, split, entry.reason or unknown))
     return items
 
 
@@ -87,19 +76,24 @@ def class_folder_statics(
     split: str | None = None,
     skip: Iterable[str] = (),
 ) -> tuple[list[StaticItem], list[tuple[str, str]]]:
-    """StaticItems for ``base/<class>/<image>``; files of unknown class folders go to bad_statics."""
+    """StaticItems for ``base/<class>/<image>``; files of unknown class folders go to bad_statics,
+    and so does every entry that cannot be used."""
     index = {name: i for i, name in enumerate(classes)}
     skipped = set(skip)
-    items, bad = [], []
-    for folder in class_dirs(base):
+    walker = Walker(static, suffixes)
+    folders, problems = class_dirs(static, base)
+    items, bad = [], [(relative(p.path, static), p.reason) for p in problems]
+    for folder in folders:
         if folder.name in skipped:
             continue
         label = index.get(folder.name, -1)
-        for path in files_with_suffix(folder, suffixes):
-            if label < 0:
-                bad.append((relative(path, static), f"unknown class folder '{folder.name}'"))
+        for entry in walker.files(folder):
+            if entry.reason or label < 0:
+                bad.append(
+                    (relative(entry.path, static), entry.reason or f"unknown class folder '{folder.name}'")
+                )
             else:
-                items.append(StaticItem(path=relative(path, static), index=0, label=label, split=split))
+                items.append(StaticItem(path=relative(entry.path, static), index=0, label=label, split=split))
     return items, bad
 
 
@@ -111,12 +105,13 @@ class FolderSource(SplitParams):
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)
-        classes = [folder.name for folder in class_dirs(raw)]
+        classes = [folder.name for folder in class_dirs(raw, raw)[0]]
         events = class_folder_events(raw, raw, classes, EVENT_SUFFIXES)
-        wanted = _normalized(EVENT_SUFFIXES)
         # event files lying directly in raw/ belong to no class: report them instead of dropping them
-        loose = sorted(p for p in raw.iterdir() if p.is_file() and p.name.lower().endswith(wanted))
-        events += [EventItem(relative(p, raw), -1, None, "file outside any class folder") for p in loose]
+        events += [
+            EventItem(relative(e.path, raw), -1, None, e.reason or "file outside any class folder")
+            for e in Walker(raw, EVENT_SUFFIXES).loose_files(raw)
+        ]
         statics, bad = [], []
         if static is not None:
             static = require_dir(static, "static folder")

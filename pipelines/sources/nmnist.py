@@ -14,6 +14,7 @@ data only, and a t10k digit is never the same instance as an N-MNIST *train* rec
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,10 @@ def read_idx_cached(path: Path) -> np.ndarray:
 
 
 def _find(static: Path, stem: str) -> Path | None:
+    """The file of this name, plain or gzipped; whatever is there (a FIFO, a broken link) is
+    returned so that reading it reports it, instead of being taken for a missing file."""
     for name in (stem, f"{stem}.gz"):
-        if (static / name).is_file():
+        if os.path.lexists(static / name):
             return static / name
     return None
 

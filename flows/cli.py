@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -46,9 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 
         hold()  # from the command line: whatever this command starts ends with it, even on SIGKILL
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Without PREFECT_API_URL, flows run on Prefect's temporary in-process server, whose first start
-    # (database migrations) can outlast Prefect's 20 s default on a small, busy machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("distributed", "httpx", "prefect", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, fields
@@ -37,6 +38,8 @@ from pipelines.build import (
 from pipelines.build.config import default
 from storage.reader import DatasetReader
 
+#: Seconds Prefect's temporary API server may take to start (see `patient_ephemeral_server`).
+EPHEMERAL_STARTUP_SECONDS = 120
 #: pipelines/ and storage/ log under this name; the flows forward it into the flow run logs.
 LIBRARY_LOGGER = "tmkt"
 #: OSErrors that retrying cannot fix: a missing or forbidden path stays so.
@@ -195,8 +198,28 @@ def run_build_flow(config: BuildConfig, force: bool = False) -> BuildResult:
     from flows.server import require_api
 
     require_api(shared=False)
-    out = build_dataset(**flow_parameters(config), force=force)
+    with patient_ephemeral_server():
+        out = build_dataset(**flow_parameters(config), force=force)
     return BuildResult(out["snapshot"], out["committed"], out["report"])
+
+
+@contextlib.contextmanager
+def patient_ephemeral_server() -> Iterator[None]:
+    """Give Prefect's temporary API server `EPHEMERAL_STARTUP_SECONDS` to start.
+
+    Without PREFECT_API_URL a flow starts that server in a subprocess; its first start runs the
+    database migrations, which outlast Prefect's 20 s default on a small, busy machine and fail the
+    build before it began. A value the user set in the environment is kept.
+    """
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    if PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.name in os.environ:
+        yield
+        return
+    with temporary_settings(
+        updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_SECONDS}
+    ):
+        yield
 
 
 def _run(config: BuildConfig, kind: str, force: bool) -> dict[str, Any]:

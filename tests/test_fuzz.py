@@ -51,6 +51,7 @@ FORMATS = {
     "aedat4": ("read_events", ".aedat4"),
     "prophesee_dat": ("read_events", ".dat"),
     "evt2": ("read_events", ".raw"),
+    "evt3": ("read_events", ".raw"),
     "gesture_csv": ("read_gesture_labels", ".csv"),
     "idx": ("read_idx", ""),
     "idx_gz": ("read_idx", ".gz"),
@@ -121,6 +122,11 @@ def seed_files(name: str, folder: Path) -> list[Path]:
                 )
         header = b"% evt 2.0\n% format EVT2;height=480;width=640\n% end\n"
         path(0).write_bytes(header + np.array(words, dtype="<u4").tobytes())
+    elif name == "evt3":
+        words = [0x8 << 12 | 2, 0x6 << 12 | 5, 0x0 << 12 | 100, 0x2 << 12 | 1 << 11 | 7]
+        words += [0x3 << 12 | 20, 0x4 << 12 | 0b1000_0000_0101, 0x5 << 12 | 3, 0x6 << 12 | 9, 0x2 << 12 | 639]
+        header = b"% evt 3.0\n% format EVT3;height=480;width=640\n% end\n"
+        path(0).write_bytes(header + np.array(words * 20, dtype="<u2").tobytes())
     elif name == "gesture_csv":
         path(0).write_text("class,startTime_usec,endTime_usec\n1,100,2000\n11,2500,9000\n")
     elif name in ("idx", "idx_gz"):
@@ -152,6 +158,7 @@ def _real_samples(name: str) -> list[Path]:
         "aedat4": ["sample.aedat4"],
         "prophesee_dat": ["sample_ncars.dat"],
         "evt2": ["evt2_sample.raw"],
+        "evt3": ["evt3_sample.raw"],
     }.get(name, [])
     return [samples / file for file in wanted if (samples / file).is_file()]
 

@@ -139,6 +139,15 @@ class DatasetReader:
         array = self._frames_group(key)["events"]
         return array[:] if indices is None else array.get_orthogonal_selection((np.asarray(indices),))
 
+    def frames_shard_rows(self, key: str | None = None) -> int:
+        """Recordings per stored shard of the event frames: the unit of one bulk read."""
+        array = self._frames_group(key)["events"]
+        return int((array.shards or array.chunks)[0])
+
+    def event_frames_range(self, start: int, stop: int, key: str | None = None) -> np.ndarray:
+        """uint16 ``[stop - start, T, 2, H, W]``: consecutive rows in one bulk read (streaming by shard)."""
+        return self._frames_group(key)["events"][start:stop]
+
     def static_frames(self, key: str | None = None) -> np.ndarray:
         """uint8 ``[M, H, W]`` static images at the frames' size."""
         return self._frames_group(key)["static"][:]

@@ -55,6 +55,8 @@ class TrainConfig:
     snapshot: str = ""  # pinned snapshot id; "" = the latest at start (recorded in run.json)
     frames_key: str = ""  # frame representation; "" = the store's default (T and size come from it)
     max_recordings_per_class: int = 0  # 0 = all training recordings
+    # a split larger than this (bytes) streams from the store by shards; 0 = auto (half the free memory)
+    max_resident_bytes: int = 0
     # method
     method: str = "tmkt"
     # RatioSchedule of r_m over training: constant|linear|cosine|power. Linear 0.25 -> 1.0 (from mostly
@@ -303,31 +305,33 @@ class Datasets:
     frames_key: str
 
 
-def _split_or_none(path: str, snapshot: str, split: str, frames_key: str | None):
-    from tmkt.data import MixData
+def _split_or_none(path: str, snapshot: str, split: str, frames_key: str | None, stream):
+    from tmkt.streaming import load_split
 
-    data = MixData.from_store(path, snapshot=snapshot, split=split, frames_key=frames_key)
+    data = load_split(path, snapshot=snapshot, split=split, frames_key=frames_key, stream=stream)
     return data if len(data.event_labels) else None
 
 
 def load_datasets(cfg: TrainConfig) -> Datasets:
     """Train/val/test from one pinned snapshot, so a refresh during training changes nothing."""
     from storage.reader import DatasetReader
-    from tmkt.data import MixData
+    from tmkt.streaming import StreamConfig, load_split
 
     reader = DatasetReader(cfg.store, cfg.snapshot or None)
     snapshot, key = reader.snapshot_id, cfg.frames_key or reader.default_frame_key()
-    train = MixData.from_store(
+    stream = StreamConfig(max_resident_bytes=cfg.max_resident_bytes)
+    train = load_split(
         cfg.store,
         snapshot=snapshot,
         split="train",
         frames_key=key,
         max_recordings_per_class=cfg.max_recordings_per_class or None,
         seed=cfg.seed,
+        stream=stream,
     )
     counts = {name: len(reader.split_indices(name)) for name in ("val", "test")}
-    val = _split_or_none(cfg.store, snapshot, "val", key) if counts["val"] else None
-    test = _split_or_none(cfg.store, snapshot, "test", key) if counts["test"] else None
+    val = _split_or_none(cfg.store, snapshot, "val", key, stream) if counts["val"] else None
+    test = _split_or_none(cfg.store, snapshot, "test", key, stream) if counts["test"] else None
     return Datasets(train, val, test, snapshot, reader.classes, key)
 
 
@@ -338,7 +342,8 @@ def in_memory_datasets(data, val_data, test_data) -> Datasets:
 
 
 def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.device):
-    from tmkt.loader import AugmentConfig, LoaderConfig, MixLoader
+    from tmkt.loader import AugmentConfig, LoaderConfig
+    from tmkt.streaming import make_loader
 
     augment = AugmentConfig(crop_padding=cfg.crop_padding, hflip=cfg.hflip, enabled=cfg.augment)
     lcfg = LoaderConfig(
@@ -352,7 +357,7 @@ def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.dev
         device=device.type,
         num_threads=cfg.num_threads,
     )
-    return MixLoader(data, lcfg, rank=ddp.rank, world_size=ddp.world_size)
+    return make_loader(data, lcfg, rank=ddp.rank, world_size=ddp.world_size)
 
 
 # ---------------------------------------------------------------------------------------------

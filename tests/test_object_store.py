@@ -1,0 +1,156 @@
+"""Stores on object storage: build, refresh, info, verify, pinned reads, concurrent writers and
+streaming training, against an S3-compatible server on loopback (the ``s3_store`` fixture)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.build import BuildConfig, run_build
+from storage.reader import DatasetReader
+from storage.verify import verify_store
+from tests.conftest import ROOT, tmkt_command
+
+pytestmark = pytest.mark.slow
+
+
+def builtin_config(raw: Path, store: str, per_class: int) -> BuildConfig:
+    return BuildConfig(
+        source="builtin",
+        raw=str(raw),
+        store=store,
+        workers=1,
+        time_bins=4,
+        size=(16, 16),
+        source_options={"recordings_per_class": per_class},
+    )
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(tmkt_command(*args), cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_build_info_verify_refresh_and_pinned_reads(s3_store, tmp_path):
+    first = run_build(builtin_config(tmp_path / "raw", s3_store, 4))
+    info = cli("store", "info", s3_store, "--json")
+    assert info.returncode == 0, info.stderr
+    described = json.loads(info.stdout)
+    assert described["snapshot"] == first.snapshot and described["recordings"] == 40
+    assert sum(described["splits"].values()) == 40
+    verified = cli("store", "verify", s3_store)
+    assert verified.returncode == 0 and verified.stdout.strip().endswith("OK"), verified.stdout
+
+    pinned = DatasetReader(s3_store)
+    before = pinned.event_frames().copy()
+    refresh = threading.Thread(target=run_build, args=(builtin_config(tmp_path / "raw", s3_store, 6),))
+    refresh.start()
+    reads = 0
+    while refresh.is_alive() or reads == 0:  # the pinned snapshot reads the same bytes throughout
+        np.testing.assert_array_equal(pinned.event_frames(), before)
+        reads += 1
+    refresh.join()
+    latest = DatasetReader(s3_store)
+    assert latest.snapshot_id != first.snapshot and latest.n_recordings == 60
+    assert [s["id"] for s in latest.history()][1] == first.snapshot
+    np.testing.assert_array_equal(DatasetReader(s3_store, first.snapshot).event_frames(), before)
+    np.testing.assert_array_equal(pinned.event_frames(), before)
+    assert verify_store(s3_store) == [] and verify_store(s3_store, first.snapshot) == []
+
+
+WRITER = """
+import sys
+from pipelines.build import run_build
+from tests.test_object_store import builtin_config
+from pathlib import Path
+result = run_build(builtin_config(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
+print(result.snapshot)
+"""
+
+
+def _two_writers(s3_store: str, tmp_path: Path) -> tuple[str, list[subprocess.CompletedProcess]]:
+    """A first build, then two refreshes of different content started together (own processes)."""
+    base = run_build(builtin_config(tmp_path / "raw0", s3_store, 3)).snapshot
+    for per_class, name in ((4, "raw1"), (5, "raw2")):  # raw folders made before the race starts
+        builtin_config(tmp_path / name, s3_store, per_class).source_adapter().materialize(tmp_path / name)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path / name), s3_store, str(per_class)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for per_class, name in ((4, "raw1"), (5, "raw2"))
+    ]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return base, done
+
+
+def test_two_concurrent_writers_never_lose_a_commit(s3_store, tmp_path):
+    base, done = _two_writers(s3_store, tmp_path)
+    reader = DatasetReader(s3_store)
+    history = [s["id"] for s in reader.history()]
+    committed = [d.stdout.strip().splitlines()[-1] for d in done if d.returncode == 0]
+    assert committed, [d.stderr[-2000:] for d in done]
+    for snapshot in committed:  # what a writer reports as committed is in the history
+        assert snapshot in history
+    for failed in (d for d in done if d.returncode != 0):  # a writer that lost the race says so
+        assert "conflict" in failed.stderr.lower(), failed.stderr[-2000:]
+    assert history[len(committed)] == base  # every commit sits on the one before: nothing overwritten
+    assert reader.n_recordings in (40, 50) and verify_store(s3_store) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="object stores have no commit lock yet: of two builds started together on s3://, the one "
+    "that commits second fails with Icechunk's conflict error instead of waiting for the first",
+)
+def test_two_concurrent_writers_both_commit(s3_store, tmp_path):
+    _, done = _two_writers(s3_store, tmp_path)
+    assert all(d.returncode == 0 for d in done), [d.stderr[-500:] for d in done]
+
+
+#: 16x16 frames at T=4 take 4 kB a recording: the training split (about 1 MB) and the statics (230 kB)
+#: do not fit, and the buffers hold one shard each
+BUDGET = 600_000
+
+
+def test_training_streams_from_s3(s3_store, tmp_path):
+    from tmkt.streaming import StreamConfig, StreamedData, load_split
+    from tmkt.train import TrainConfig, train
+
+    run_build(builtin_config(tmp_path / "raw", s3_store, 30))  # 300 recordings: two shards
+    streamed = load_split(s3_store, stream=StreamConfig(max_resident_bytes=BUDGET))
+    assert isinstance(streamed, StreamedData) and len(streamed.event_frames.shards) == 2
+    n_train = len(streamed.event_labels)
+    cfg = TrainConfig(
+        store=s3_store,
+        method="tmkt",
+        out=str(tmp_path / "run"),
+        backbone="small",
+        epochs=2,
+        batch_size=8,
+        device="cpu",
+        num_threads=1,
+        progress_bar=False,
+        record_indices=True,
+        max_resident_bytes=BUDGET,
+    )
+    result = train(cfg)
+    assert result["completed"] and result["store_snapshot"] == streamed.snapshot
+    assert result["val_accuracy"] is not None
+    rows = [json.loads(x) for x in (tmp_path / "run" / "indices_rank0.jsonl").read_text().splitlines()]
+    per_epoch = -(-n_train // 8)
+    assert len(rows) == 2 * per_epoch
+    for epoch in range(2):  # every training recording once per epoch
+        seen = [i for row in rows[epoch * per_epoch : (epoch + 1) * per_epoch] for i in row["index"]]
+        assert sorted(seen) == list(range(n_train))

@@ -4,6 +4,7 @@ streaming training, against an S3-compatible server on loopback (the ``s3_store`
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines.build import BuildConfig, run_build
 from storage.reader import DatasetReader
@@ -154,3 +156,72 @@ def test_training_streams_from_s3(s3_store, tmp_path):
     for epoch in range(2):  # every training recording once per epoch
         seen = [i for row in rows[epoch * per_epoch : (epoch + 1) * per_epoch] for i in row["index"]]
         assert sorted(seen) == list(range(n_train))
+
+
+def torchrun(store: str, out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node 2 -m tmkt.cli train`` on the CPU (gloo)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tmkt.cli",
+        "train",
+        "--store",
+        store,
+        "--method",
+        "tmkt",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "backbone=small",
+        "batch_size=4",
+        "lr=0.005",
+        "augment=false",
+        "device=cpu",
+        "num_threads=1",
+        "log_every=1",
+        "progress_bar=false",
+        "record_indices=true",
+        "max_resident_bytes=100000",  # 262 kB of frames, 16 kB of statics: one shard of 8 a buffer
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def test_torchrun_ranks_stream_their_own_shards_from_s3_and_resume_exactly(s3_store, tmp_path):
+    from tests.test_streaming import write_store
+    from tests.test_train import read_rows, tiny_data
+
+    data = tiny_data(n_per_class=32)  # 64 recordings, all training, in 8 shards of 8
+    write_store(s3_store, data, np.zeros(64), shard_rows=8)
+    torchrun(s3_store, tmp_path / "straight")
+    for epoch in range(2):  # 8 steps of 4 per rank and epoch
+        shards, seen = [], []
+        for rank in range(2):
+            rows = [json.loads(x) for x in (tmp_path / "straight" / f"indices_rank{rank}.jsonl").open()]
+            indices = [i for row in rows[epoch * 8 : (epoch + 1) * 8] for i in row["index"]]
+            shards.append({i // 8 for i in indices})
+            seen += indices
+        assert shards[0].isdisjoint(shards[1]) and len(shards[0]) == len(shards[1]) == 4
+        assert sorted(seen) == list(range(64))  # together the ranks cover the split once
+
+    # stopped after 12 of 16 steps (mid epoch 1; checkpoints at steps 5, 10 and 12), resumed from rank 0's
+    torchrun(s3_store, tmp_path / "split", "checkpoint_every=5", "max_steps=12")
+    torchrun(s3_store, tmp_path / "split", "resume=true")
+    a, b = read_rows(tmp_path / "straight"), read_rows(tmp_path / "split")
+    loss_a = [(r["step"], r["loss"]) for r in a if "loss" in r]
+    loss_b = [(r["step"], r["loss"]) for r in b if "loss" in r]
+    assert [s for s, _ in loss_b] == list(range(1, 17))
+    assert np.allclose([v for _, v in loss_a], [v for _, v in loss_b], rtol=1e-5, atol=1e-6)
+    weights_a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    weights_b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
+    for key, value in weights_a.items():
+        assert torch.allclose(value.float(), weights_b[key].float(), rtol=1e-5, atol=1e-6), key

@@ -252,3 +252,21 @@ def test_training_from_a_store_larger_than_the_budget_keeps_memory_bounded(tmp_p
     assert sorted(seen) == list(range(RSS_N))  # every recording once in the epoch
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["completed"] and result["store_snapshot"]
+
+
+@pytest.mark.slow
+def test_stream_bench_reports_both_modes(stored, tmp_path):
+    from tmkt.bench_loader import main
+
+    path, _ = stored
+    out = tmp_path / "bench.json"
+    argv = ["--stream", "--store", f"small={path}", "--seconds", "0.5", "--batch-size", "8"]
+    assert main([*argv, "--max-resident-bytes", "10000", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["small"]
+    assert result["max_resident_bytes"] == 10000 and result["store"] == str(path)
+    for mode in ("resident", "stream"):
+        numbers = result[mode]
+        assert numbers["samples_per_s"] > 0 and numbers["recordings"] == 40
+        assert numbers["peak_rss_mb"] >= numbers["import_rss_mb"] > 0
+    ratio = result["stream"]["samples_per_s"] / result["resident"]["samples_per_s"]
+    assert result["stream_over_resident"] == pytest.approx(ratio, abs=1e-3)

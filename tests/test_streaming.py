@@ -270,3 +270,15 @@ def test_stream_bench_reports_both_modes(stored, tmp_path):
         assert numbers["peak_rss_mb"] >= numbers["import_rss_mb"] > 0
     ratio = result["stream"]["samples_per_s"] / result["resident"]["samples_per_s"]
     assert result["stream_over_resident"] == pytest.approx(ratio, abs=1e-3)
+
+
+def test_reader_picks_any_indices_by_shard_ranges(tmp_path):
+    from storage.reader import DatasetReader
+
+    data = make_data(n=60, m=30)
+    write_store(tmp_path / "store", data, np.zeros(60), shard_rows=8)
+    reader = DatasetReader(tmp_path / "store")
+    indices = np.random.default_rng(1).permutation(60)[:25]  # unsorted, across many shards
+    np.testing.assert_array_equal(reader.event_frames(indices=indices), data.event_frames[indices])
+    np.testing.assert_array_equal(reader.event_frames_range(9, 23), data.event_frames[9:23])
+    assert reader.frames_shard_rows() == 8

@@ -33,13 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.repo import is_url
 from storage.schema import SPLITS
 from tmkt.data import MixData, keep_per_class
 from tmkt.loader import LoaderConfig, MixedBatch, MixLoader
 
-#: Rows per Zarr call within a shard (4 chunks of 16): the shard is still read in bulk, and the
-#: decoding threads' transient blocks stay small. Whole 256-row calls left about 150 MB more in the
-#: malloc arenas of Zarr's threads (N-MNIST at 48x48, shards of 23.6 MB).
+#: Rows per Zarr call within a shard of a local store (4 chunks of 16): the shard is still read in
+#: bulk, and the decoding threads' transient blocks stay small (whole 256-row calls left about 150 MB
+#: more in the malloc arenas of Zarr's threads, N-MNIST at 48x48). On object storage a shard is one
+#: call: there each call costs requests, and 64-row calls halved the samples/s from s3://.
 READ_ROWS = 64
 
 
@@ -100,6 +102,7 @@ class ShardStream:
         self.shape = (len(self.rows), spec.time_bins, 2, *spec.size)
         self.dtype = np.dtype(np.uint16)
         self.shard_rows = self.reader.frames_shard_rows(key)
+        self.read_rows = self.shard_rows if is_url(path) else min(READ_ROWS, self.shard_rows)
         # split-local indices grouped by the store shard that holds them
         cuts = np.flatnonzero(np.diff(self.rows // self.shard_rows)) + 1
         self.shards = np.split(np.arange(len(self.rows)), cuts) if len(self.rows) else []
@@ -127,8 +130,8 @@ class ShardStream:
 
         def fill(where: np.ndarray) -> None:
             start, stop = int(rows[where].min()), int(rows[where].max()) + 1
-            for lo in range(start, stop, READ_ROWS):
-                hi = min(stop, lo + READ_ROWS)
+            for lo in range(start, stop, self.read_rows):
+                hi = min(stop, lo + self.read_rows)
                 pick = where[(rows[where] >= lo) & (rows[where] < hi)]
                 if len(pick):
                     block = self.reader.event_frames_range(lo, hi, self.key)

@@ -283,3 +283,17 @@ def test_reader_picks_any_indices_by_shard_ranges(tmp_path):
     np.testing.assert_array_equal(reader.event_frames(indices=indices), data.event_frames[indices])
     np.testing.assert_array_equal(reader.event_frames_range(9, 23), data.event_frames[9:23])
     assert reader.frames_shard_rows() == 8
+
+
+def test_two_loaders_of_one_split_never_share_a_buffer(stored):
+    path, resident = stored
+    data = streamed(path, buffer_shards=1)
+    first, second = loader(data, batch_size=4), loader(data, batch_size=4, mode="event", seed=5)
+    left_open = iter(first)
+    next(left_open)  # an epoch left mid-way: its pass is closed when the other loader opens one
+    batches = list(second)
+    seen = np.concatenate([b.index.numpy() for b in batches])
+    np.testing.assert_array_equal(seen, second.shard(0))
+    for batch in batches:  # every row is the recording it claims to be
+        expected = torch.from_numpy(resident.event_frames[batch.index.numpy()].astype(np.float32))
+        assert torch.equal(batch.frames, expected)

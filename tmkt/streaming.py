@@ -110,6 +110,7 @@ class ShardStream:
         self.buffer_shards = max(1, buffer_bytes // max(1, self.shard_rows * row_bytes))
         self._pool: ThreadPoolExecutor | None = None
         self._slots: list[np.ndarray] = []
+        self._active: _Cursor | None = None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -150,9 +151,8 @@ class ShardStream:
         """Buffer ``k`` of the two that every epoch reuses: allocated once, so that the memory held
         stays two buffers however many are read (freed and reallocated buffers fragment the heap)."""
         while len(self._slots) <= k:
-            most = max((len(b) for plan in self.plan(0, 0, False, 0, 1) for b in plan), default=0)
-            most = max(most, self.buffer_shards * self.shard_rows)
-            self._slots.append(np.empty((min(most, len(self)), *self.shape[1:]), dtype=self.dtype))
+            most = sum(sorted((len(s) for s in self.shards), reverse=True)[: self.buffer_shards])
+            self._slots.append(np.empty((most, *self.shape[1:]), dtype=self.dtype))
         return self._slots[k]
 
     def event_sum(self) -> int:
@@ -177,7 +177,12 @@ class ShardStream:
         return plans
 
     def open(self, buffers: list[np.ndarray]) -> _Cursor:
-        return _Cursor(self, buffers)
+        """A pass over ``buffers``. The two buffers are the stream's, so the pass still open (another
+        loader of the same split left mid-epoch) is closed first: it can never overwrite this one."""
+        if self._active is not None:
+            self._active.close()
+        self._active = _Cursor(self, buffers)
+        return self._active
 
 
 class _Cursor:
@@ -221,6 +226,8 @@ class _Cursor:
         return row
 
     def _advance(self) -> None:
+        if self._stop.is_set():
+            raise RuntimeError("this pass over the stream was closed: another epoch of the split opened")
         if self._next == len(self.buffers):
             raise RuntimeError("the stream's epoch is exhausted")
         if self._frames is not None:

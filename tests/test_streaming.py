@@ -127,6 +127,15 @@ def test_ranks_read_disjoint_whole_shards(stored, drop_last):
         np.testing.assert_array_equal(got, expected)
 
 
+def test_the_mean_of_a_large_split_is_read_from_shards_spread_over_it(stored):
+    path, resident = stored
+    stream = streamed(path).event_frames
+    assert stream.event_mean() == resident.event_frames.mean()  # 8 shards: all read, exact
+    picked = [0, 2, 4, 7]  # np.linspace(0, 7, 4) truncated
+    expected = np.concatenate([resident.event_frames[stream.shards[k]] for k in picked]).mean()
+    assert stream.event_mean(most_shards=4) == expected
+
+
 def test_small_splits_stay_resident_and_budget_is_checked(stored):
     path, resident = stored
     data = load_split(path, split="train", stream=StreamConfig(max_resident_bytes=1 << 30))

@@ -45,6 +45,10 @@ from tmkt.loader import LoaderConfig, MixedBatch, MixLoader
 READ_ROWS = 64
 
 
+#: Shards read to estimate a streamed split's mean count (4096 recordings at 256 a shard).
+MEAN_SHARDS = 16
+
+
 def available_memory() -> int:
     """Bytes of memory available to a new allocation now (``MemAvailable``; physical pages elsewhere)."""
     try:
@@ -155,9 +159,16 @@ class ShardStream:
             self._slots.append(np.empty((most, *self.shape[1:]), dtype=self.dtype))
         return self._slots[k]
 
-    def event_sum(self) -> int:
-        """The sum of every count of the split, read shard by shard (``static_scale_of`` needs the mean)."""
-        return sum(int(self.read(shard).sum(dtype=np.int64)) for shard in self.shards)
+    def event_mean(self, most_shards: int = MEAN_SHARDS) -> float:
+        """The mean count of the split (``static_scale_of`` needs it): exact over all shards when
+        there are at most ``most_shards``, else over that many spread evenly over the split, so that
+        starting a run (on every rank) never reads a large split whole."""
+        picked = np.unique(
+            np.linspace(0, len(self.shards) - 1, min(most_shards, len(self.shards))).astype(int)
+        )
+        total = sum(int(self.read(self.shards[k]).sum(dtype=np.int64)) for k in picked)
+        values = sum(len(self.shards[k]) for k in picked) * int(np.prod(self.shape[1:]))
+        return total / max(1, values)  # integer sums: the value of a float64 mean of integers
 
     def plan(
         self, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int
@@ -312,9 +323,9 @@ def load_split(
 
 
 def _static_scale(frames: ShardStream, static_frames: np.ndarray) -> float:
-    """``static_scale_of`` from a streamed sum: the same value as resident (integer sums are exact)."""
-    total = frames.event_sum()
-    event_mean = total / max(1, frames.nbytes // frames.dtype.itemsize)
+    """``static_scale_of`` from the stream's mean: the resident value for splits of up to
+    ``MEAN_SHARDS`` shards."""
+    event_mean = frames.event_mean()
     # an integer sum: no float64 copy of the statics, and the value of a float64 mean of integers
     static_mean = int(static_frames.sum(dtype=np.uint64)) / max(1, static_frames.size) / 255.0
     if event_mean <= 0.0 or static_mean <= 0.0:

@@ -15,9 +15,11 @@ same DALI graph) reads its event frames from a ``ShardStream`` instead of an arr
   the loader gathers from the current one, and never holds more than two buffers: at most
   ``max_resident_bytes`` of event frames whatever the size of the split.
 
-Statics stay resident (a uint8 image is ``2T`` times smaller than its recording's frames); a split
-whose statics alone exceed the budget is refused with a clear error. A buffer holds at least one
-shard, so a budget below two shards' frames is exceeded by that much.
+The mean count that scales the statics (``static_scale_of``) is read once at start, from at most
+``MEAN_SHARDS`` shards spread over the split (exact for smaller splits). Statics stay resident (a
+uint8 image is ``2T`` times smaller than its recording's frames); a split whose statics alone exceed
+the budget is refused with a clear error. A buffer holds at least one shard, so a budget below two
+shards' frames is exceeded by that much.
 """
 
 from __future__ import annotations

@@ -313,9 +313,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="streaming against resident loading of each --store (benches.stream)",
+    )
+    parser.add_argument(
+        "--max-resident-bytes",
+        type=int,
+        default=0,
+        help="with --stream; 0 = the statics and a quarter of the split's frames",
+    )
     args = parser.parse_args(argv)
     if not args.store and not args.static:
         parser.error("give --store SIZE=PATH (repeatable) or --static DIR to build the stores")
+    if args.stream:
+        return _stream_main(args, parser)
     with tempfile.TemporaryDirectory(prefix="tmkt-bench-stores-") as scratch:
         stores = {}
         for item in args.store:
@@ -329,6 +342,24 @@ def main(argv: list[str] | None = None) -> int:
             stores = build_stores(Path(args.raw), Path(args.static), Path(scratch), args.sizes.split(","))
         data_by_size = {name: MixData.from_store(path, split=args.split) for name, path in stores.items()}
         results = run_loader_bench(data_by_size, args.raw, args.json, args.batch_size, seconds=args.seconds)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _stream_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from benches.stream import compare
+
+    if not args.store:
+        parser.error("--stream measures existing stores: give --store NAME=PATH (local or s3://)")
+    results = {}
+    for item in args.store:
+        name, _, path = item.partition("=")
+        if not path:
+            parser.error(f"--store takes NAME=PATH, got {item!r}")
+        results[name] = compare(path, args.max_resident_bytes, args.batch_size, args.seconds)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0
 

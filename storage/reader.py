@@ -145,9 +145,35 @@ class DatasetReader:
 
     def event_frames(self, key: str | None = None, indices: np.ndarray | None = None) -> np.ndarray:
         """uint16 ``[S, T, 2, H, W]`` binned counts (all samples, or ``indices``); one sample per
-        recording unless the frames slice recordings (see ``frame_recordings``)."""
-        array = self.root[layout.event_frames(self._frames_key(key))]
-        return array[:] if indices is None else array.get_orthogonal_selection((np.asarray(indices),))
+        recording unless the frames slice recordings (see ``frame_recordings``).
+
+        ``indices`` are read as one row range per stored shard, then picked: Zarr's orthogonal
+        selection over a split's indices peaked at about 60 times the size of its result (2.9 GB of
+        RSS for 48 MB of N-MNIST frames at 48x48).
+        """
+        array = self._events_array(key)
+        if indices is None:
+            return array[:]
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), *array.shape[1:]), dtype=array.dtype)
+        shard = indices // int((array.shards or array.chunks)[0])
+        for s in np.unique(shard):
+            where = np.flatnonzero(shard == s)
+            start, stop = int(indices[where].min()), int(indices[where].max()) + 1
+            out[where] = array[start:stop][indices[where] - start]
+        return out
+
+    def frames_shard_rows(self, key: str | None = None) -> int:
+        """Recordings per stored shard of the event frames: the unit of one bulk read."""
+        array = self._events_array(key)
+        return int((array.shards or array.chunks)[0])
+
+    def event_frames_range(self, start: int, stop: int, key: str | None = None) -> np.ndarray:
+        """uint16 ``[stop - start, T, 2, H, W]``: consecutive rows in one bulk read (streaming by shard)."""
+        return self._events_array(key)[start:stop]
+
+    def _events_array(self, key: str | None) -> zarr.Array:
+        return self.root[layout.event_frames(self._frames_key(key))]
 
     def static_frames(self, key: str | None = None) -> np.ndarray:
         """uint8 ``[M, H, W]`` static images at the frames' size."""

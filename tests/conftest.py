@@ -161,3 +161,67 @@ def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         for process in reversed(processes):
             kill_group(process)
+
+
+#: The standard AWS variables through which the store code (Icechunk ``from_env``) and every
+#: subprocess (builds, Dask workers, torchrun ranks) reach the loopback object store.
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_ALLOW_HTTP": "true",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3-compatible server (moto's server mode) on 127.0.0.1, its endpoint exported as
+    ``AWS_ENDPOINT_URL`` with test credentials; ended, process group and all, at the end."""
+    import urllib.request
+
+    from flows.server import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    saved = {key: os.environ.get(key) for key in [*S3_CREDENTIALS, "AWS_ENDPOINT_URL"]}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", endpoint.rsplit(":", 1)[1]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"moto server did not start: {log_path.read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.2)
+        os.environ.update(S3_CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
+        yield endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        kill_group(process)
+
+
+@pytest.fixture
+def s3_store(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """``s3://BUCKET/store``: a fresh bucket on the loopback server for each test."""
+    import re
+    import urllib.request
+
+    bucket = (
+        re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{time.time_ns() % 10**6}"
+    )
+    urllib.request.urlopen(urllib.request.Request(f"{s3_server}/{bucket}", method="PUT"), timeout=10).close()
+    return f"s3://{bucket}/store"

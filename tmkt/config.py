@@ -3,8 +3,8 @@
 Order: the ``TrainConfig`` defaults, then ``--config FILE`` (JSON or TOML), then the named flags, then
 ``key=value`` overrides typed by the dataclass fields. Every field carries a one-line meaning (and its
 choices where they are few), so ``tmkt train --help`` is made from the dataclass and cannot drift.
-The defaults that other dataclasses own (the r_m schedule, the method's weights, the model) are read
-from them, so each default is declared once.
+The defaults that other dataclasses own (the r_m schedule, the method's weights, the model, the
+streaming budget) are read from them, so each default is declared once.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tmkt.augment import AugmentConfig
 from tmkt.methods import METHOD_NAMES, MethodConfig
 from tmkt.mixing import SCHEDULE_KINDS, RatioSchedule
 from tmkt.models import BACKBONES, NEURONS, SURROGATES, ModelConfig
+from tmkt.streaming import StreamConfig
 from tmkt.system import DEVICES
 
 AMP_MODES = ("auto", "bf16", "off")
@@ -33,6 +34,7 @@ _SCHEDULE = RatioSchedule()
 _METHOD = MethodConfig()
 _MODEL = ModelConfig()
 _AUGMENT = AugmentConfig()
+_STREAM = StreamConfig()
 
 
 def knob(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
@@ -47,6 +49,10 @@ class TrainConfig:
     snapshot: str = knob("", 'pinned snapshot id; "" = the latest at start (recorded in run.json)')
     frames_key: str = knob("", 'frame representation; "" = the store\'s default (T and size come from it)')
     max_recordings_per_class: int = knob(0, "training recordings kept per class; 0 = all")
+    max_resident_bytes: int = knob(
+        _STREAM.max_resident_bytes,
+        "a split larger than this (bytes) streams from the store by shards; 0 = half the free memory",
+    )
     # method
     method: str = knob(_METHOD.name, "training method", METHOD_NAMES)
     ratio_kind: str = knob(_SCHEDULE.kind, "RatioSchedule of r_m over training", SCHEDULE_KINDS)
@@ -122,6 +128,9 @@ class TrainConfig:
 
     def schedule(self) -> RatioSchedule:
         return RatioSchedule(self.ratio_kind, self.ratio_start, self.ratio_end, self.ratio_power)
+
+    def stream_config(self) -> StreamConfig:
+        return StreamConfig(max_resident_bytes=self.max_resident_bytes)
 
     def method_config(self) -> MethodConfig:
         return MethodConfig(

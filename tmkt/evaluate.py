@@ -61,7 +61,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 def eval_loader(data, batch_size: int, device: torch.device | str):
     """An event-only, unshuffled, unaugmented single-process loader over ``data`` (a MixData)."""
-    from tmkt.loader import AugmentConfig, LoaderConfig, MixLoader
+    from tmkt.loader import AugmentConfig, LoaderConfig
+    from tmkt.streaming import make_loader
 
     device_type = torch.device(device).type
     cfg = LoaderConfig(
@@ -72,7 +73,7 @@ def eval_loader(data, batch_size: int, device: torch.device | str):
         drop_last=False,
         device=device_type,
     )
-    return MixLoader(data, cfg, rank=0, world_size=1)
+    return make_loader(data, cfg, rank=0, world_size=1)
 
 
 @torch.no_grad()

@@ -48,6 +48,7 @@ from tmkt.records import (
     save_weights,
     write_json,
 )
+from tmkt.streaming import StreamConfig, load_split, make_loader
 from tmkt.system import (
     Dist,
     amp_context,
@@ -96,31 +97,30 @@ class Datasets:
     frames_key: str
 
 
-def _split_or_none(path: str, snapshot: str, split: str, frames_key: str | None):
-    from tmkt.data import MixData
-
-    data = MixData.from_store(path, snapshot=snapshot, split=split, frames_key=frames_key)
+def _split_or_none(path: str, snapshot: str, split: str, frames_key: str | None, stream: StreamConfig):
+    data = load_split(path, snapshot=snapshot, split=split, frames_key=frames_key, stream=stream)
     return data if len(data.event_labels) else None
 
 
 def load_datasets(cfg: TrainConfig) -> Datasets:
     """Train/val/test from one pinned snapshot, so a refresh during training changes nothing."""
     from storage.reader import DatasetReader
-    from tmkt.data import MixData
 
     reader = DatasetReader(cfg.store, cfg.snapshot or None)
     snapshot, key = reader.snapshot_id, cfg.frames_key or reader.default_frame_key()
-    train = MixData.from_store(
+    stream = cfg.stream_config()
+    train = load_split(
         cfg.store,
         snapshot=snapshot,
         split="train",
         frames_key=key,
         max_recordings_per_class=cfg.max_recordings_per_class or None,
         seed=cfg.seed,
+        stream=stream,
     )
     counts = {name: len(reader.split_indices(name)) for name in ("val", "test")}
-    val = _split_or_none(cfg.store, snapshot, "val", key) if counts["val"] else None
-    test = _split_or_none(cfg.store, snapshot, "test", key) if counts["test"] else None
+    val = _split_or_none(cfg.store, snapshot, "val", key, stream) if counts["val"] else None
+    test = _split_or_none(cfg.store, snapshot, "test", key, stream) if counts["test"] else None
     return Datasets(train, val, test, snapshot, reader.classes, key)
 
 
@@ -131,7 +131,7 @@ def in_memory_datasets(data, val_data, test_data) -> Datasets:
 
 
 def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.device):
-    from tmkt.loader import LoaderConfig, MixLoader
+    from tmkt.loader import LoaderConfig
 
     augment = AugmentConfig.from_fields(cfg)
     lcfg = LoaderConfig(
@@ -145,7 +145,7 @@ def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.dev
         device=device.type,
         num_threads=cfg.num_threads,
     )
-    return MixLoader(data, lcfg, rank=ddp.rank, world_size=ddp.world_size)
+    return make_loader(data, lcfg, rank=ddp.rank, world_size=ddp.world_size)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,389 @@
+"""Training splits larger than memory: event frames streamed from the store by whole shards.
+
+The resident loader (``tmkt.loader``) holds a split in memory; that stops working when a split
+outgrows the machine (N-ImageNet at T=10, 48x48 is about 160 GB of uint16 frames) and when every DDP
+rank of a node loads the whole split. Here the same ``MixLoader`` (same draws, same host gather,
+same DALI graph) reads its event frames from a ``ShardStream`` instead of an array:
+
+- The unit of reading is the store's shard (``DatasetReader.frames_shard_rows``: 256 recordings):
+  one bulk read decodes a shard's chunks together, where a read per sample costs milliseconds.
+- Order (quasi-random, as FFCV's and WebDataset's shard shuffles): the shards are permuted with
+  (seed, epoch); rank ``r`` of ``w`` takes every ``w``-th shard from position ``r``, so each rank
+  reads only its own shards; consecutive shards form buffers of ``buffer_shards``, and the
+  recordings of a buffer are permuted with (seed, epoch, rank). Every recording comes once per epoch.
+- Memory: a background thread reads the next buffer (its shards on ``read_threads`` threads) while
+  the loader gathers from the current one, and never holds more than two buffers: at most
+  ``max_resident_bytes`` of event frames whatever the size of the split.
+
+The mean count that scales the statics (``static_scale_of``) is read once at start, from at most
+``MEAN_SHARDS`` shards spread over the split (exact for smaller splits). Statics stay resident (a
+uint8 image is ``2T`` times smaller than its recording's frames); a split whose statics alone exceed
+the budget is refused with a clear error. A buffer holds at least one shard, so a budget below two
+shards' frames is exceeded by that much.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from storage.repo import is_url
+from storage.schema import SPLITS
+from tmkt.data import MixData, keep_per_class
+from tmkt.loader import LoaderConfig, MixedBatch, MixLoader
+
+#: Rows per Zarr call within a shard of a local store (4 chunks of 16): the shard is still read in
+#: bulk, and the decoding threads' transient blocks stay small (whole 256-row calls left about 150 MB
+#: more in the malloc arenas of Zarr's threads, N-MNIST at 48x48). On object storage a shard is one
+#: call: there each call costs requests, and 64-row calls halved the samples/s from s3://.
+READ_ROWS = 64
+
+
+#: Shards read to estimate a streamed split's mean count (4096 recordings at 256 a shard).
+MEAN_SHARDS = 16
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (``MemAvailable``; physical pages elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class StreamConfig:
+    """When a split streams, and how.
+
+    ``max_resident_bytes``: a split whose event frames and statics fit in it is loaded resident,
+    a larger one streams with two buffers of at most half of it each; 0 = auto, half of the memory
+    available when the split is opened (the rest is for the model, DALI and the other splits).
+    """
+
+    max_resident_bytes: int = 0
+    buffer_shards: int = 0  # shards per buffer; 0 = as many as half the budget holds
+    read_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_resident_bytes < 0 or self.buffer_shards < 0 or self.read_threads < 1:
+            raise ValueError("max_resident_bytes and buffer_shards must be >= 0, read_threads >= 1")
+
+    def budget(self) -> int:
+        return self.max_resident_bytes or available_memory() // 2
+
+
+class ShardStream:
+    """The uint16 event frames ``[N, T, 2, H, W]`` of one split, read from a store snapshot by shard.
+
+    Looks like the array it stands for (``shape``, ``dtype``, ``len``) so that code which only asks
+    for sizes works unchanged; the rows themselves come from an epoch's ``open`` cursor, in order.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        snapshot: str,
+        key: str,
+        rows: np.ndarray,
+        buffer_bytes: int,
+        read_threads: int,
+    ) -> None:
+        from storage.reader import DatasetReader
+
+        self.path, self.key, self.read_threads = path, key, read_threads
+        self.reader = DatasetReader(path, snapshot=snapshot)
+        self.rows = np.asarray(rows, dtype=np.int64)  # the split's rows in the store, ascending
+        spec = self.reader.frame_spec(key)
+        self.shape = (len(self.rows), spec.time_bins, 2, *spec.size)
+        self.dtype = np.dtype(np.uint16)
+        self.shard_rows = self.reader.frames_shard_rows(key)
+        self.read_rows = self.shard_rows if is_url(path) else min(READ_ROWS, self.shard_rows)
+        # split-local indices grouped by the store shard that holds them
+        cuts = np.flatnonzero(np.diff(self.rows // self.shard_rows)) + 1
+        self.shards = np.split(np.arange(len(self.rows)), cuts) if len(self.rows) else []
+        row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self.buffer_shards = max(1, buffer_bytes // max(1, self.shard_rows * row_bytes))
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots: list[np.ndarray] = []
+        self._active: _Cursor | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames of split-local ``indices`` (in that order), one bulk read per store shard, into
+        ``out`` (first rows) when given."""
+        if out is None:
+            out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+        out = out[: len(indices)]
+        rows = self.rows[indices]
+        shard = rows // self.shard_rows
+        groups = [np.flatnonzero(shard == s) for s in np.unique(shard)]
+
+        def fill(where: np.ndarray) -> None:
+            start, stop = int(rows[where].min()), int(rows[where].max()) + 1
+            for lo in range(start, stop, self.read_rows):
+                hi = min(stop, lo + self.read_rows)
+                pick = where[(rows[where] >= lo) & (rows[where] < hi)]
+                if len(pick):
+                    block = self.reader.event_frames_range(lo, hi, self.key)
+                    out[pick] = block[rows[pick] - lo]
+
+        if len(groups) > 1 and self.read_threads > 1:
+            if self._pool is None:  # kept: fresh threads each time would each grow a malloc arena
+                self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="tmkt-shards")
+            list(self._pool.map(fill, groups))
+        else:
+            for where in groups:
+                fill(where)
+        return out
+
+    def slot(self, k: int) -> np.ndarray:
+        """Buffer ``k`` of the two that every epoch reuses: allocated once, so that the memory held
+        stays two buffers however many are read (freed and reallocated buffers fragment the heap)."""
+        while len(self._slots) <= k:
+            most = sum(sorted((len(s) for s in self.shards), reverse=True)[: self.buffer_shards])
+            self._slots.append(np.empty((most, *self.shape[1:]), dtype=self.dtype))
+        return self._slots[k]
+
+    def event_mean(self, most_shards: int = MEAN_SHARDS) -> float:
+        """The mean count of the split (``static_scale_of`` needs it): exact over all shards when
+        there are at most ``most_shards``, else over that many spread evenly over the split, so that
+        starting a run (on every rank) never reads a large split whole."""
+        picked = np.unique(
+            np.linspace(0, len(self.shards) - 1, min(most_shards, len(self.shards))).astype(int)
+        )
+        total = sum(int(self.read(self.shards[k]).sum(dtype=np.int64)) for k in picked)
+        values = sum(len(self.shards[k]) for k in picked) * int(np.prod(self.shape[1:]))
+        return total / max(1, values)  # integer sums: the value of a float64 mean of integers
+
+    def plan(
+        self, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int
+    ) -> list[list[np.ndarray]]:
+        """Every rank's buffers in ``epoch`` (split-local indices, in the order they are read)."""
+        n = len(self.shards)
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        plans = []
+        for r in range(world_size):
+            mine = order[r::world_size]
+            rng = np.random.default_rng([seed, epoch, r, 2])
+            buffers = []
+            for start in range(0, len(mine), self.buffer_shards):
+                members = np.concatenate([self.shards[s] for s in mine[start : start + self.buffer_shards]])
+                buffers.append(rng.permutation(members) if shuffle else members)
+            plans.append(buffers)
+        return plans
+
+    def open(self, buffers: list[np.ndarray]) -> _Cursor:
+        """A pass over ``buffers``. The two buffers are the stream's, so the pass still open (another
+        loader of the same split left mid-epoch) is closed first: it can never overwrite this one."""
+        if self._active is not None:
+            self._active.close()
+        self._active = _Cursor(self, buffers)
+        return self._active
+
+
+class _Cursor:
+    """One epoch's pass over a stream: rows handed out strictly in plan order, two buffers at most.
+
+    ``cursor[i]`` returns recording ``i``'s frames if ``i`` is the next recording of the plan (the
+    gather copies the row at once); anything else is an error, never a silently wrong row.
+    """
+
+    def __init__(self, stream: ShardStream, buffers: list[np.ndarray]) -> None:
+        self.buffers = [np.asarray(b, dtype=np.int64) for b in buffers if len(b)]
+        self._slots = threading.Semaphore(2)  # buffers alive: the one in use and the one being read
+        self._ready: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._order, self._frames, self._pos, self._next = np.empty(0, np.int64), None, 0, 0
+        self._thread = threading.Thread(target=self._read_all, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read_all(self, stream: ShardStream) -> None:
+        for k, indices in enumerate(self.buffers):
+            while not self._slots.acquire(timeout=0.1):
+                if self._stop.is_set():
+                    return
+            if self._stop.is_set():
+                return
+            try:
+                self._ready.put(stream.read(indices, out=stream.slot(k % 2)))
+            except BaseException as err:  # handed to the consumer, which raises it
+                self._ready.put(err)
+                return
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._pos == len(self._order):
+            self._advance()
+        if self._order[self._pos] != i:
+            raise RuntimeError(
+                f"recording {i} asked for out of the stream's order (next is {self._order[self._pos]})"
+            )
+        row = self._frames[self._pos]
+        self._pos += 1
+        return row
+
+    def _advance(self) -> None:
+        if self._stop.is_set():
+            raise RuntimeError("this pass over the stream was closed: another epoch of the split opened")
+        if self._next == len(self.buffers):
+            raise RuntimeError("the stream's epoch is exhausted")
+        if self._frames is not None:
+            self._frames = None
+            self._slots.release()
+        item = self._ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        self._order, self._frames, self._pos = self.buffers[self._next], item, 0
+        self._next += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._frames = None
+        self._thread.join()
+
+
+class StreamedData(MixData):
+    """A ``MixData`` whose ``event_frames`` is a ``ShardStream``; labels and statics are in memory."""
+
+    def __post_init__(self) -> None:
+        self.static_frames = np.ascontiguousarray(self.static_frames)
+        self.event_labels = np.asarray(self.event_labels, dtype=np.int64)
+        self.static_labels = np.asarray(self.static_labels, dtype=np.int64)
+        if self.event_labels.shape != (len(self.event_frames),):
+            raise ValueError("one label per event recording is required")
+
+
+def split_rows(reader, split: str, max_recordings_per_class: int | None, seed: int) -> np.ndarray:
+    """The store rows of ``split`` (after the per-class cap), ascending, as ``MixData.from_store`` picks."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    chosen = np.flatnonzero(np.asarray(reader.splits) == SPLITS.index(split))
+    if max_recordings_per_class is not None:
+        chosen = keep_per_class(chosen, np.asarray(reader.labels)[chosen], max_recordings_per_class, seed)
+    return chosen
+
+
+def load_split(
+    path: str | Path,
+    snapshot: str | None = None,
+    split: str = "train",
+    frames_key: str | None = None,
+    max_recordings_per_class: int | None = None,
+    seed: int = 0,
+    stream: StreamConfig | None = None,
+) -> MixData:
+    """The split resident (``MixData.from_store``) when it fits the budget, streamed otherwise."""
+    from storage.reader import DatasetReader
+
+    stream = stream or StreamConfig()
+    reader = DatasetReader(path, snapshot=snapshot)
+    key = frames_key or reader.default_frame_key()
+    rows = split_rows(reader, split, max_recordings_per_class, seed)
+    spec = reader.frame_spec(key)
+    event_bytes = len(rows) * spec.time_bins * 2 * spec.size[0] * spec.size[1] * 2
+    static_bytes = reader.n_images * spec.size[0] * spec.size[1]
+    budget = stream.budget()
+    if event_bytes + static_bytes <= budget:
+        return MixData.from_store(path, reader.snapshot_id, split, key, max_recordings_per_class, seed)
+    if static_bytes >= budget:
+        raise ValueError(
+            f"{path}: the static images alone ({static_bytes} bytes) exceed max_resident_bytes={budget}"
+        )
+    buffer_bytes = (budget - static_bytes) // 2
+    if stream.buffer_shards:
+        buffer_bytes = (
+            stream.buffer_shards * reader.frames_shard_rows(key) * (event_bytes // max(1, len(rows)))
+        )
+    frames = ShardStream(path, reader.snapshot_id, key, rows, buffer_bytes, stream.read_threads)
+    static_frames = reader.static_frames(key)
+    scale = _static_scale(frames, static_frames)
+    return StreamedData(
+        event_frames=frames,
+        event_labels=np.asarray(reader.labels, dtype=np.int64)[rows],
+        static_frames=static_frames,
+        static_labels=np.asarray(reader.image_labels, dtype=np.int64),
+        static_scale=scale,
+        num_classes=len(reader.classes),
+        snapshot=str(reader.snapshot_id),
+    )
+
+
+def _static_scale(frames: ShardStream, static_frames: np.ndarray) -> float:
+    """``static_scale_of`` from the stream's mean: the resident value for splits of up to
+    ``MEAN_SHARDS`` shards."""
+    event_mean = frames.event_mean()
+    # an integer sum: no float64 copy of the statics, and the value of a float64 mean of integers
+    static_mean = int(static_frames.sum(dtype=np.uint64)) / max(1, static_frames.size) / 255.0
+    if event_mean <= 0.0 or static_mean <= 0.0:
+        return 1.0
+    return event_mean / static_mean
+
+
+class StreamingLoader(MixLoader):
+    """``MixLoader`` over a ``StreamedData``: the order comes from the stream's plan, the rows from
+    its cursor. One epoch is open at a time (a new ``iter()`` closes the previous one's reads)."""
+
+    def __init__(self, data: StreamedData, cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> None:
+        # the frames pass through host memory on their way to the graph; nothing is copied up front
+        super().__init__(data, dataclasses.replace(cfg, resident="off"), rank, world_size)
+        self.stream: ShardStream = data.event_frames
+        self._cursor: _Cursor | None = None
+
+    def buffers(self, epoch: int) -> list[np.ndarray]:
+        """This rank's buffers in ``epoch``; with ``drop_last`` cut like every rank's to the same
+        whole number of batches (DDP ranks must run the same number of steps)."""
+        plans = self.stream.plan(epoch, self.cfg.seed, self.cfg.shuffle, self.rank, self.world_size)
+        mine = plans[self.rank]
+        if not self.cfg.drop_last:
+            return mine
+        keep = min(sum(len(b) for b in plan) for plan in plans)
+        keep -= keep % self.cfg.batch_size
+        cut = []
+        for buffer in mine:
+            cut.append(buffer[: max(0, keep)])
+            keep -= len(cut[-1])
+        return [b for b in cut if len(b)]
+
+    def shard(self, epoch: int) -> np.ndarray:
+        buffers = self.buffers(epoch)
+        return np.concatenate(buffers) if buffers else np.empty(0, np.int64)
+
+    def __iter__(self) -> Iterator[MixedBatch]:
+        self.close()
+        cursor = None
+        if self.cfg.mode != "static":  # mode static reads no event frame
+            cursor = self._cursor = self.stream.open(self.buffers(self._epoch))
+            self._frames.events = cursor
+        try:
+            yield from super().__iter__()
+        finally:
+            if cursor is not None and self._cursor is cursor:
+                self.close()
+
+    def close(self) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
+
+
+def make_loader(data: MixData, cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> MixLoader:
+    """The loader for ``data``: streaming when its frames are a stream, resident otherwise."""
+    if isinstance(data, StreamedData):
+        return StreamingLoader(data, cfg, rank, world_size)
+    return MixLoader(data, cfg, rank, world_size)

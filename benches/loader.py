@@ -151,12 +151,17 @@ def measure(
 
 
 def _torch_loader(dataset, batch_size: int, workers: int, seed: int) -> torch.utils.data.DataLoader:
+    """The baseline DataLoader. Its workers start from a fork server, not a fork of this process: a
+    forked worker inherits this process's DALI pipelines and hangs when it finalizes one (their
+    threads do not exist in the child). Persistent workers and the warm-up epoch keep the start-up
+    out of the measured time."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=True,
         num_workers=workers,
         persistent_workers=workers > 0,
+        multiprocessing_context="forkserver" if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
 

@@ -16,6 +16,11 @@ from storage.repo import BRANCH, StoreNotFound, open_repository
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
 
 
+def open_store(path: str | Path, snapshot: str | None = None) -> DatasetReader:
+    """Open a store read-only at ``snapshot`` (the latest when None): the entry for Python users."""
+    return DatasetReader(path, snapshot)
+
+
 class DatasetReader:
     """A read-only view of one snapshot (the latest when ``snapshot`` is None)."""
 
@@ -30,6 +35,8 @@ class DatasetReader:
             )
         except Exception as err:
             raise StoreNotFound(f"{path}: no snapshot {snapshot!r} ({err})") from err
+        #: the Icechunk session of the snapshot: ``session.store`` is a Zarr store (xarray, zarr)
+        self.session = session
         self.snapshot_id: str = session.snapshot_id
         try:
             self.root = zarr.open_group(session.store, mode="r")

@@ -27,6 +27,20 @@ class StoreNotFound(FileNotFoundError):
     pass
 
 
+class NotAStore(StoreNotFound):
+    """The path exists but cannot be a store (a file, say): Icechunk would panic on it."""
+
+
+def check_store_path(path: str | Path) -> None:
+    """Raise `NotAStore` when a local store path names something other than a folder.
+
+    Icechunk's local storage raises a Rust panic (a BaseException, not an Exception) for a file,
+    so this runs before any Icechunk call on the path: at open, at create, and before a build starts.
+    """
+    if not is_url(path) and Path(path).exists() and not Path(path).is_dir():
+        raise NotAStore(f"{path} is a file, not a store folder")
+
+
 def is_url(path: str | Path) -> bool:
     return "://" in str(path)
 
@@ -43,6 +57,7 @@ def _storage(path: str | Path) -> icechunk.Storage:
 
 def open_repository(path: str | Path, create: bool = False) -> icechunk.Repository:
     """Open the repository at ``path``; with ``create`` make it when missing."""
+    check_store_path(path)
     storage = _storage(path)
     if create:
         if not is_url(path):

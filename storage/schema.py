@@ -36,6 +36,35 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 FRAMES_CODE_VERSION = "1"
 
 
+#: Dimension names of every array, by path ("*" stands for a frames key). Zarr v3 stores them in each
+#: array's metadata, so xarray and other Zarr readers label axes without knowing this package.
+#: Arrays of one group that share a name share a length (xarray opens a group as one Dataset).
+DIMENSION_NAMES: dict[str, tuple[str, ...]] = {
+    "events/x": ("event",),
+    "events/y": ("event",),
+    "events/t": ("event",),
+    "events/p": ("event",),
+    "events/offsets": ("recording_bound",),
+    "events/label": ("recording",),
+    "events/split": ("recording",),
+    "events/width": ("recording",),
+    "events/height": ("recording",),
+    "images/data": ("image", "image_y", "image_x", "channel"),
+    "images/label": ("image",),
+    "images/split": ("image",),
+    "frames/*/events": ("recording", "time", "polarity", "y", "x"),
+    "frames/*/static": ("image", "y", "x"),
+}
+
+
+def dimension_names(path: str) -> tuple[str, ...] | None:
+    """The dimension names of the array at ``path``; None for an array the layout does not name."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 3 and parts[0] == "frames":
+        parts[1] = "*"
+    return DIMENSION_NAMES.get("/".join(parts))
+
+
 def split_code(name: str) -> int:
     try:
         return SPLITS.index(name)

@@ -19,6 +19,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from storage.repo import BRANCH, commit_lock, open_repository
+from storage.schema import dimension_names
 
 #: Inner chunk and shard sizes along the first axis. Frames: 16 samples a chunk keeps bulk reads
 #: fast, 256 a shard keeps file counts low. Flat event arrays: 256 k events a chunk.
@@ -82,13 +83,16 @@ class Transaction:
             shards=(shard, *rest),
             fill_value=0,
             compressors=BULK_CODEC,
+            dimension_names=dimension_names(name),
         )
 
     def write_array(self, name: str, data: np.ndarray) -> zarr.Array:
         """A small array written at once by the coordinator (labels, offsets, ...)."""
         data = np.asarray(data)
         rows = max(1, data.shape[0] if data.ndim else 1)
-        return self.root.create_array(name, data=data, chunks=(rows, *data.shape[1:]))
+        return self.root.create_array(
+            name, data=data, chunks=(rows, *data.shape[1:]), dimension_names=dimension_names(name)
+        )
 
     def add_writer_forks(self, forks: Sequence[Any]) -> None:
         """Register the forks returned by parallel writers, to be merged at commit."""

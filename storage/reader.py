@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from storage.repo import BRANCH, StoreNotFound, open_repository
+from storage.repo import BRANCH, CorruptStore, StoreNotFound, open_repository, unreadable_snapshot
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
 
 
@@ -43,6 +43,9 @@ class DatasetReader:
         except zarr.errors.GroupNotFoundError:
             self.root = None
         if self.root is None or "events" not in self.root:
+            damage = unreadable_snapshot(self.repo, self.snapshot_id)
+            if damage:
+                raise CorruptStore(f"{path}: snapshot {self.snapshot_id} cannot be read: {damage}")
             raise StoreNotFound(f"{path}: snapshot {self.snapshot_id} holds no dataset yet")
 
     # -- dataset-wide attributes -------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,10 @@ if "ICECHUNK_LOG" not in os.environ:
 
 class StoreNotFound(FileNotFoundError):
     pass
+
+
+class CorruptStore(StoreNotFound):
+    """The repository opens but a snapshot, manifest or chunk it names cannot be read."""
 
 
 class NotAStore(StoreNotFound):
@@ -89,3 +94,30 @@ def commit_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_error_line(err: BaseException) -> str:
+    """One line for a read error: the Zarr key it happened at (when the error names one), the error,
+    and its root cause. Icechunk's errors span dozens of lines of Rust context."""
+    text = str(err).strip() or type(err).__name__
+    lines = [line.strip(" |x`->\t") for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("at ", "context:", "with "))]
+    keys = re.findall(r'with key="([^"]+)"', text)
+    line = f"{keys[-1]}: " if keys else ""
+    line += lines[0] if lines else type(err).__name__
+    if len(lines) > 1 and lines[-1] != lines[0]:
+        line += f" ({lines[-1]})"
+    return line
+
+
+def unreadable_snapshot(repo: icechunk.Repository, snapshot_id: str) -> str | None:
+    """Why the snapshot ``snapshot_id`` cannot be read, or None when it can.
+
+    Zarr reports an unreadable snapshot as a missing root group; reading the snapshot's ancestry
+    tells a damaged file apart from a repository that holds no dataset yet.
+    """
+    try:
+        list(repo.ancestry(snapshot_id=snapshot_id))
+    except Exception as err:
+        return read_error_line(err)
+    return None

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.reader import DatasetReader
+from storage.repo import CorruptStore, read_error_line
 from storage.schema import EVENT_DTYPE, SPLITS
 
 
@@ -29,11 +30,24 @@ def file_sha256(path: str | Path) -> str:
 
 def verify_store(path: str | Path, snapshot: str | None = None, raw: str | Path | None = None) -> list[str]:
     """Every fault found, as one line each naming what is wrong; an empty list means healthy."""
-    reader = DatasetReader(path, snapshot)
+    try:
+        reader = DatasetReader(path, snapshot)
+    except CorruptStore as err:
+        return [str(err)]
     faults: list[str] = []
-    faults += _check_events(reader)
-    faults += _check_frames(reader)
-    faults += _check_manifest(reader, raw)
+    checks = {
+        "events": _check_events,
+        "frames": _check_frames,
+        "images": _check_images,
+        "manifest": lambda r: _check_manifest(r, raw),
+    }
+    for name, check in checks.items():
+        try:
+            faults += check(reader)
+        except Exception as err:  # an unreadable chunk or manifest is a fault to report, not a crash
+            line = read_error_line(err)
+            if not any(fault.endswith(line) for fault in faults):  # one fault per broken object
+                faults.append(f"{name}: cannot be read: {line}")
     return faults
 
 
@@ -83,6 +97,19 @@ def _check_frames(reader: DatasetReader) -> list[str]:
                     f"frames/{key}: {reader.sources[index]} has {sums[index]} counts "
                     f"for {counts[index]} events"
                 )
+    return faults
+
+
+def _check_images(reader: DatasetReader) -> list[str]:
+    """Static images are not hashed at build; reading them whole still finds damaged chunks."""
+    images, labels = reader.images(), reader.image_labels
+    faults = []
+    if len(images) != len(labels):
+        faults.append(f"images: {len(images)} images for {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(reader.classes)):
+        faults.append("images/label: class index out of range")
+    for key in reader.frame_keys():
+        reader.static_frames(key)  # read whole: a damaged chunk raises
     return faults
 
 

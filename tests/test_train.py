@@ -281,6 +281,7 @@ def write_frames_store(path: Path, data, splits: np.ndarray, classes: list[str])
 
 
 def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
+    from tmkt.errors import EmptySplit
     from tmkt.evaluate import IncompatibleStore, evaluate
     from tmkt.evaluate import main as eval_main
     from tmkt.train import main as train_main
@@ -299,15 +300,26 @@ def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
     capsys.readouterr()
 
     on_test = evaluate(out / "checkpoint.pt", store, split="test")
-    assert on_test["n"] == 4 and on_test["split"] == "test" and on_test["note"] is None
+    assert on_test["n"] == 4 and on_test["split"] == "test" and on_test["trained_on"] == 0
     assert on_test["accuracy"] == result["test_accuracy"]
+    # every recording of the training store: the result counts the 16 it trained on
+    on_all = evaluate(out / "checkpoint.pt", store, split="all")
+    assert on_all["n"] == 24 and on_all["trained_on"] == 16
 
-    # a store of the same classes and representation without a test split: every recording, and a note
+    # a store of the same classes and representation without a test split: an error, never a fallback
     other = tmp_path / "other"
     write_frames_store(other, data, np.zeros(len(splits)), ["left", "right"])
-    assert eval_main(["--checkpoint", str(out / "checkpoint.pt"), "--store", str(other), "--json"]) == 0
+    with pytest.raises(EmptySplit, match="split 'test' .* holds no recording"):
+        evaluate(out / "checkpoint.pt", other)
+    # unless every recording is asked for by name
+    argv = ["--checkpoint", str(out / "checkpoint.pt"), "--store", str(other), "--split", "all"]
+    assert eval_main([*argv, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["n"] == 24 and printed["split"] == "all" and "empty" in printed["note"]
+    assert printed["n"] == 24 and printed["split"] == "all" and printed["trained_on"] is None
+    assert eval_main(argv) == 0
+    assert capsys.readouterr().out.startswith(
+        f"accuracy {printed['accuracy']:.4f} on 24 recordings of split 'all'"
+    )
 
     renamed = tmp_path / "renamed"
     write_frames_store(renamed, data, splits, ["up", "down"])

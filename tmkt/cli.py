@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     # Without PREFECT_API_URL, flows run on Prefect's temporary in-process server, whose first start
     # (database migrations) can outlast Prefect's 20 s default on a small, busy machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Prefect reads these at import. Analytics off for every server a command starts (the temporary
+    # one of a build included): its telemetry service printed "database is locked" tracebacks
+    # while a build's tasks wrote to the same SQLite file.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("distributed", "httpx", "prefect", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -66,6 +71,7 @@ def _user_message(err: Exception) -> str | None:
     from flows.server import ServerError, ServerUnreachable
     from pipelines.build import BuildError
     from storage.repo import StoreNotFound
+    from tmkt.errors import UserInputError
     from tmkt.train import DeviceUnavailable
 
     known = (
@@ -77,9 +83,27 @@ def _user_message(err: Exception) -> str | None:
         ServerUnreachable,
         ServerError,
         DeploymentError,
+        UserInputError,
     )
     if isinstance(err, known):
-        return str(err)
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return disk_full_message(err)
+
+
+def disk_full_message(err: BaseException) -> str | None:
+    """One line when ``err`` (or what caused it) is a full disk, whatever layer reported it.
+
+    The errno survives as ``OSError.errno`` from Python writes; Icechunk (Rust) and Dask workers
+    pass the operating system's text on in their own exception types, so that is matched too.
+    """
+    import errno
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+            return "no space left on device: free space (or choose another --store) and run again"
+        err = err.__cause__ or err.__context__
     return None
 
 
@@ -203,8 +227,14 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from flows.dataset import run_build_flow  # the same flow the deployments run
+    from flows.logs import one_line_run_failures
+    from pipelines.checks import check_build_inputs
 
-    result = run_build_flow(build_config_from_args(args))
+    config = build_config_from_args(args)
+    for note in check_build_inputs(config):  # before Prefect or Dask start: a typo costs a second
+        print(f"tmkt: note: {note}", file=sys.stderr)
+    one_line_run_failures()  # the error itself is printed once, by main()
+    result = run_build_flow(config)
     report = result.report
     print(_build_summary(result.snapshot, result.committed, report))
     if args.json:

@@ -5,13 +5,20 @@
 A store is compatible when it has the same class names (in the same order) and a frame
 representation of the same shape ``[T, 2, H, W]``. Evaluation always uses event frames only,
 through the same loader as training (mode "event", no augmentation), so inputs match exactly.
+
+Evaluation never falls back silently to other recordings: a split that is empty in the store is an
+error, and ``--split all`` (every recording of the store, training ones included when it is the
+store the model trained on) must be asked for by name. The result says which split and how many
+recordings were counted, and how many of them the checkpoint trained on when it knows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,11 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from storage.schema import SPLITS
+from tmkt.errors import BadCheckpoint, EmptySplit, IncompatibleStore, MissingCheckpoint, UserInputError
 from tmkt.models import ModelConfig, SpikingClassifier, build_model
 
+__all__ = ["EVAL_SPLITS", "IncompatibleStore", "evaluate", "load_checkpoint", "load_training_state"]
 
-class IncompatibleStore(ValueError):
-    """The store's classes or frame shape differ from the ones the checkpoint was trained on."""
+
+#: what ``--split`` accepts: a split of the store, or every recording
+EVAL_SPLITS = (*SPLITS, "all")
 
 
 def checkpoint_metadata(
@@ -49,12 +60,68 @@ def checkpoint_metadata(
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SpikingClassifier, dict]:
-    """The model (eval mode) and metadata of a final ``checkpoint.pt``."""
-    payload = torch.load(path, map_location=device, weights_only=True)
-    meta = payload["meta"]
-    model = build_model(ModelConfig(**meta["model_config"]), meta["num_classes"], meta["T"])
-    model.load_state_dict(payload["model"])
+    """The model (eval mode) and metadata of a final ``checkpoint.pt``.
+
+    Raises `BadCheckpoint` for a missing, truncated or foreign file. ``weights_only=True`` makes
+    a foreign pickle fail to load instead of running its code.
+    """
+    payload = _torch_load(path, device, weights_only=True)
+    try:
+        meta = payload["meta"]
+        model = build_model(ModelConfig(**meta["model_config"]), meta["num_classes"], meta["T"])
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        hint = " (ckpt.pt is the resume state; evaluate checkpoint.pt)" if _is_training_state(payload) else ""
+        raise BadCheckpoint(f"{path}: not a tmkt model checkpoint{hint}: {_first_line(err)}") from err
     return model.to(device).eval(), meta
+
+
+def load_training_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The resume state ``ckpt.pt`` of a run folder; `MissingCheckpoint` when there is none.
+
+    Resuming without a checkpoint would silently start over, overwriting the run's metrics.
+    The file is the run's own (written by `tmkt train` into ``--out``), so it is loaded with pickle
+    (``weights_only=False``): it holds optimizer and RNG states, which are not plain tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingCheckpoint(
+            f"--resume: no checkpoint {path.name} in {path.parent}; drop --resume to start this run afresh"
+        )
+    state = _torch_load(path, device, weights_only=False)
+    if not _is_training_state(state):
+        raise BadCheckpoint(f"{path}: not a tmkt resume checkpoint (keys {sorted(state)[:6]})")
+    return state
+
+
+def _torch_load(path: str | Path, device: str | torch.device, weights_only: bool) -> Any:
+    if not Path(path).is_file():
+        raise BadCheckpoint(f"checkpoint not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=device, weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        reason = (
+            "it holds Python objects other than tensors, which are not loaded because that could run code"
+            if weights_only and "Weights only load failed" in str(err)
+            else _first_line(err)
+        )
+        raise BadCheckpoint(f"{path}: cannot read the checkpoint: {reason}") from err
+    except Exception as err:  # truncated zip, foreign file: both mean "not ours"
+        raise BadCheckpoint(f"{path}: cannot read the checkpoint: {_first_line(err)}") from err
+    if not isinstance(payload, dict):
+        raise BadCheckpoint(f"{path}: not a tmkt checkpoint (holds a {type(payload).__name__})")
+    return payload
+
+
+def _is_training_state(payload: Any) -> bool:
+    return isinstance(payload, dict) and {"model", "optimizer", "step", "rng"} <= set(payload)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def eval_loader(data, batch_size: int, device: torch.device | str):
@@ -95,29 +162,21 @@ def accuracy_on(
     return (correct / n if n else float("nan")), n
 
 
-def _load_split(reader, store: str | Path, split: str, frames_key: str):
-    """MixData of ``split``; all recordings (and a note) when that split is empty."""
-    from tmkt.data import MixData
-
-    if len(reader.split_indices(split)):
-        return MixData.from_store(
-            store, snapshot=reader.snapshot_id, split=split, frames_key=frames_key
-        ), None
-    labels = reader.labels
-    frames = reader.event_frames(frames_key)
-    static = reader.static_frames(frames_key)
-    data = MixData(
-        event_frames=frames,
-        event_labels=labels,
-        static_frames=static,
-        static_labels=reader.image_labels
-        if len(reader.image_labels) == len(static)
-        else np.zeros(0, np.int64),
-        static_scale=1.0,  # unused: evaluation reads event frames only
-        num_classes=len(reader.classes),
-        snapshot=reader.snapshot_id,
-    )
-    return data, f"split {split!r} is empty in this store; evaluated all {len(labels)} recordings"
+def split_indices(reader, split: str) -> np.ndarray:
+    """Recording indices of ``split`` (or of every recording for "all"); `EmptySplit` when none."""
+    if split not in EVAL_SPLITS:
+        raise UserInputError(f"unknown split {split!r}; expected one of {', '.join(EVAL_SPLITS)}")
+    if split == "all":
+        indices = np.arange(reader.n_recordings)
+    else:
+        indices = reader.split_indices(split)
+    if not len(indices):
+        counts = ", ".join(f"{name} {len(reader.split_indices(name))}" for name in SPLITS)
+        raise EmptySplit(
+            f"split {split!r} of {reader.path} holds no recording ({counts}); choose another --split, "
+            f"or --split all to count every recording"
+        )
+    return indices
 
 
 def evaluate(
@@ -130,7 +189,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy of ``checkpoint`` on the event recordings of ``split`` of ``store``."""
     from storage.reader import DatasetReader
+    from tmkt.data import MixData
 
+    if split not in EVAL_SPLITS:  # before loading anything
+        raise UserInputError(f"unknown split {split!r}; expected one of {', '.join(EVAL_SPLITS)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -148,13 +210,24 @@ def evaluate(
             f"{store}: frames {key} are T={spec.time_bins}, size={list(spec.size)}; "
             f"the checkpoint needs T={meta['T']}, size={meta['size']}"
         )
-    data, note = _load_split(reader, store, split, key)
+    indices = split_indices(reader, split)
+    data = MixData(
+        event_frames=reader.event_frames(key, indices=indices),
+        event_labels=reader.labels[indices],
+        static_frames=np.zeros((0, *spec.size), np.uint8),  # evaluation reads event frames only
+        static_labels=np.zeros(0, np.int64),
+        static_scale=1.0,
+        num_classes=len(reader.classes),
+        snapshot=reader.snapshot_id,
+    )
     accuracy, n = accuracy_on(model, eval_loader(data, batch_size, dev), dev)
+    same_snapshot = meta.get("store_snapshot") == reader.snapshot_id
+    trained_on = int((reader.splits[indices] == SPLITS.index("train")).sum()) if same_snapshot else None
     return {
         "accuracy": accuracy,
         "n": n,
-        "split": split if note is None else "all",
-        "note": note,
+        "split": split,
+        "trained_on": trained_on,  # recordings counted that the model may have trained on (None: unknown)
         "store": str(store),
         "store_snapshot": reader.snapshot_id,
         "frames_key": key,
@@ -162,29 +235,34 @@ def evaluate(
     }
 
 
+def describe(result: dict[str, Any]) -> str:
+    """The one line ``tmkt eval`` prints: accuracy, split, count, and a warning about training data."""
+    line = (
+        f"accuracy {result['accuracy']:.4f} on {result['n']} recordings of split {result['split']!r} "
+        f"({result['store']} @ {result['store_snapshot']})"
+    )
+    if result.get("trained_on"):
+        line += f"; {result['trained_on']} of them are training recordings of this model's store"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tmkt eval", description="Accuracy of a checkpoint on a store.")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--store", required=True)
-    parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--split",
+        default="test",
+        metavar="{" + ",".join(EVAL_SPLITS) + "}",  # checked by evaluate(): one line for a wrong name
+        help="recordings to count (default test); 'all' counts every recording, training ones included",
+    )
     parser.add_argument("--snapshot", default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    try:
-        result = evaluate(
-            args.checkpoint, args.store, args.snapshot, args.split, args.batch_size, args.device
-        )
-    except IncompatibleStore as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"accuracy {result['accuracy']:.4f} on {result['n']} recordings ({result['split']})")
-        if result["note"]:
-            print(result["note"])
+    result = evaluate(args.checkpoint, args.store, args.snapshot, args.split, args.batch_size, args.device)
+    print(json.dumps(result, indent=2) if args.json else describe(result))
     return 0
 
 

@@ -193,3 +193,15 @@ def build_method(
     if name == "he2024":
         return He2024(l_cka=l_cka, tet_mse_weight=tet_mse_weight)
     raise ValueError(f"unknown method {name!r}; expected one of {METHOD_NAMES}")
+
+
+def require_statics(method: Method, epochs: int, n_static: int, store: str) -> None:
+    """Raise `MissingStatics` before training when ``method`` reads static images and there are none."""
+    from tmkt.errors import MissingStatics
+
+    modes = {method.mode_for_epoch(e, epochs) for e in range(epochs)}
+    if n_static == 0 and modes - {"event"}:
+        raise MissingStatics(
+            f"method {method.name!r} mixes static images, but {store or 'the data'} has none: "
+            f"build the store with --static, or train --method event"
+        )

@@ -42,8 +42,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from tmkt.evaluate import accuracy_on, checkpoint_metadata, eval_loader
-from tmkt.methods import METHOD_NAMES, build_method
+from tmkt.evaluate import accuracy_on, checkpoint_metadata, eval_loader, load_training_state
+from tmkt.methods import METHOD_NAMES, build_method, require_statics
 from tmkt.mixing import RatioSchedule
 from tmkt.models import ModelConfig, build_model
 
@@ -117,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.backbone != "auto":  # the model's own checks (backbone, neuron, surrogate), before any work
+            self.model_config(False, False)
 
     def model_config(self, mag_head: bool, mrp_head: bool) -> ModelConfig:
         return ModelConfig(
@@ -456,9 +458,10 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
     np.random.seed(cfg.seed + ddp.rank)
     random.seed(cfg.seed + ddp.rank)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-
+    # a user's mistake (store, resume without checkpoint, method without statics) writes nothing
     ds = in_memory_datasets(data, val_data, test_data) if data is not None else load_datasets(cfg)
+    ckpt_path = out / "ckpt.pt"
+    ckpt = load_training_state(ckpt_path, device) if cfg.resume else None
     T, H, W = ds.train.event_frames.shape[1], ds.train.event_frames.shape[3], ds.train.event_frames.shape[4]
     method = build_method(
         cfg.method,
@@ -469,6 +472,8 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
         cfg.finetune_static_fraction,
         cfg.tet_mse_weight,
     )
+    require_statics(method, cfg.epochs, len(ds.train.static_frames), cfg.store)
+    out.mkdir(parents=True, exist_ok=True)
     model_cfg = cfg.model_config(method.mag_head, method.mrp_head)
     raw_model = build_model(model_cfg, ds.train.num_classes, T).to(device)
     optimizer = make_optimizer(raw_model, cfg)
@@ -481,9 +486,7 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
     total_steps = sum(epoch_steps)
 
     step, epoch, position, resumed_lines = 0, 0, 0, None
-    ckpt_path = out / "ckpt.pt"
-    if cfg.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, epoch, position = ckpt["step"], ckpt["epoch"], ckpt["position"]

@@ -52,6 +52,8 @@ class SplitParams:
     test_fraction: float = DEFAULT_TEST_FRACTION
     split_seed: int = 0
     published_split: ClassVar[str] = "no published split"
+    #: False for event-only datasets (no static images exist for them)
+    has_statics: ClassVar[bool] = True
 
     @property
     def split_rule(self) -> str:

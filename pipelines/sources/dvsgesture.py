@@ -96,6 +96,7 @@ class DVSGestureSource(SplitParams):
     test_fraction: float = 0.0  # the download fixes the test split
     name: str = "dvsgesture"
     published_split = "published trials_to_train/test lists (users 1-23 / 24-29)"
+    has_statics = False
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)

@@ -143,9 +143,11 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("path")
     verify.add_argument("--snapshot")
     verify.add_argument("--raw", help="raw folder to re-hash (default: the one recorded at build)")
+    verify.add_argument("--json", action="store_true", help="print JSON (path, ok, faults)")
     verify.set_defaults(func=_cmd_verify)
     history = store.add_parser("history", help="the snapshots of a store, newest first")
     history.add_argument("path")
+    history.add_argument("--json", action="store_true", help="print JSON (id, written_at, message)")
     history.set_defaults(func=_cmd_history)
 
     bench = sub.add_parser("bench", help="benchmarks against baselines in the same run")
@@ -277,6 +279,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from storage.verify import verify_store
 
     faults = verify_store(args.path, args.snapshot, args.raw)
+    if args.json:
+        print(json.dumps({"path": str(args.path), "ok": not faults, "faults": faults}, indent=2))
+        return 1 if faults else 0
     for fault in faults:
         print(f"FAULT {fault}")
     print(f"{args.path}: {'OK' if not faults else f'{len(faults)} fault(s)'}")
@@ -286,7 +291,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_history(args: argparse.Namespace) -> int:
     from storage.reader import DatasetReader
 
-    for snap in DatasetReader(args.path).history():
+    snapshots = DatasetReader(args.path).history()
+    if args.json:
+        print(json.dumps(snapshots, indent=2))
+        return 0
+    for snap in snapshots:
         print(f"{snap['id']}  {snap['written_at']}  {snap['message']}")
     return 0
 

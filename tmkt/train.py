@@ -569,6 +569,9 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
         if val is not None and ddp.is_main:
             val_accuracy, n_val = accuracy_on(model_for_eval(model), val, device, amp_context(cfg, device))
             log.write({"step": step, "epoch": epoch, "val_accuracy": val_accuracy, "val_n": n_val})
+            if cfg.progress_bar:  # interactive runs; grids of runs read metrics.jsonl instead
+                line = f"epoch {epoch + 1}/{cfg.epochs}: val accuracy {val_accuracy:.4f} ({n_val} recordings)"
+                bar.write(line, file=sys.stderr)  # stdout keeps only the final JSON
             model.train()
         epoch, position = epoch + 1, 0
         if cfg.max_steps and step >= cfg.max_steps:

@@ -136,13 +136,8 @@ class MixData:
 
         reader = DatasetReader(path, snapshot=snapshot)
         key = frames_key or reader.default_frame_key()
-        code = SPLITS.index(split) if split in SPLITS else None
-        if code is None:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         labels = np.asarray(reader.labels, dtype=np.int64)
-        chosen = np.flatnonzero(np.asarray(reader.splits) == code)
-        if max_recordings_per_class is not None:
-            chosen = keep_per_class(chosen, labels[chosen], max_recordings_per_class, seed)
+        chosen = recordings_read(reader, split, max_recordings_per_class, seed)
         event_frames = np.asarray(reader.event_frames(key, indices=chosen))
         static_frames = np.asarray(reader.static_frames(key))
         return cls(
@@ -154,6 +149,22 @@ class MixData:
             num_classes=len(reader.classes),
             snapshot=str(reader.snapshot_id),
         )
+
+
+def recordings_read(
+    reader, split: str = "train", max_recordings_per_class: int | None = None, seed: int = 0
+) -> np.ndarray:
+    """Indices of the recordings of ``split`` that `MixData.from_store` reads with these arguments
+    (a reader of `storage.reader`): what a data-scarce run trained on, so that reports can evaluate
+    on every other recording."""
+    code = SPLITS.index(split) if split in SPLITS else None
+    if code is None:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    chosen = np.flatnonzero(np.asarray(reader.splits) == code)
+    if max_recordings_per_class is not None:
+        labels = np.asarray(reader.labels, dtype=np.int64)
+        chosen = keep_per_class(chosen, labels[chosen], max_recordings_per_class, seed)
+    return chosen
 
 
 def keep_per_class(indices: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:

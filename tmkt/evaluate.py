@@ -186,8 +186,14 @@ def evaluate(
     split: str = "test",
     batch_size: int = 64,
     device: str = "auto",
+    indices: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of ``checkpoint`` on the event recordings of ``split`` of ``store``."""
+    """Accuracy of ``checkpoint`` on the event recordings of ``split`` of ``store``.
+
+    ``indices`` (recording indices of the store) replaces the split for callers that hold out
+    recordings themselves, such as every recording a data-scarce run did not train on; the result's
+    ``split`` is then "indices".
+    """
     from storage.reader import DatasetReader
     from tmkt.data import MixData
 
@@ -198,19 +204,12 @@ def evaluate(
     dev = torch.device(device)
     model, meta = load_checkpoint(checkpoint, dev)
     reader = DatasetReader(store, snapshot)
-    if list(reader.classes) != list(meta["classes"]):
-        raise IncompatibleStore(
-            f"{store}: classes {reader.classes} differ from the checkpoint's {meta['classes']}"
-        )
-    keys = reader.frame_keys()
-    key = meta["frames_key"] if meta["frames_key"] in keys else reader.default_frame_key()
-    spec = keys[key]
-    if spec.time_bins != meta["T"] or list(spec.size) != list(meta["size"]):
-        raise IncompatibleStore(
-            f"{store}: frames {key} are T={spec.time_bins}, size={list(spec.size)}; "
-            f"the checkpoint needs T={meta['T']}, size={meta['size']}"
-        )
-    indices = split_indices(reader, split)
+    key = compatible_frames_key(reader, meta, store)
+    spec = reader.frame_spec(key)
+    if indices is None:
+        indices = split_indices(reader, split)
+    else:
+        indices, split = np.asarray(indices, dtype=np.int64), "indices"
     data = MixData(
         event_frames=reader.event_frames(key, indices=indices),
         event_labels=reader.labels[indices],
@@ -227,12 +226,31 @@ def evaluate(
         "accuracy": accuracy,
         "n": n,
         "split": split,
-        "trained_on": trained_on,  # recordings counted that the model may have trained on (None: unknown)
+        # recordings counted from the training split of the store the model trained on (None: another
+        # store); a data-scarce run trained on a subset of them only
+        "trained_on": trained_on,
         "store": str(store),
         "store_snapshot": reader.snapshot_id,
         "frames_key": key,
         "checkpoint": str(checkpoint),
     }
+
+
+def compatible_frames_key(reader, meta: dict[str, Any], store: str | Path) -> str:
+    """The frames of ``reader`` the checkpoint can read; `IncompatibleStore` when there are none."""
+    if list(reader.classes) != list(meta["classes"]):
+        raise IncompatibleStore(
+            f"{store}: classes {reader.classes} differ from the checkpoint's {meta['classes']}"
+        )
+    keys = reader.frame_keys()
+    key = meta["frames_key"] if meta["frames_key"] in keys else reader.default_frame_key()
+    spec = keys[key]
+    if spec.time_bins != meta["T"] or list(spec.size) != list(meta["size"]):
+        raise IncompatibleStore(
+            f"{store}: frames {key} are T={spec.time_bins}, size={list(spec.size)}; "
+            f"the checkpoint needs T={meta['T']}, size={meta['size']}"
+        )
+    return key
 
 
 def describe(result: dict[str, Any]) -> str:

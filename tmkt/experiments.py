@@ -4,7 +4,9 @@ Every run is an ordinary `tmkt train` run (same trainer, same budget, its own fo
 `result.json`, `metrics.jsonl` and `checkpoint.pt`). Methods are compared on the *validation*
 split; the test split, when the store has one, is only read for the final numbers. The report:
 
-- `results.md`: mean ± std over seeds per method (and per recordings-per-class budget),
+- `results.md`: mean ± std over seeds per method (and per recordings-per-class budget), the number
+  of recordings behind each split, and per method a sentence against `event` that says whether the
+  difference is within noise (the rule of `tmkt.stats`),
 - `curves.png`: validation accuracy per epoch per method,
 - `scarcity.png`: accuracy against the number of event recordings per class used for training.
 """
@@ -82,7 +84,7 @@ def _log_run(config: Any, result: dict[str, Any], done: int, total: int, started
 
 
 def write_report(out: Path, runs: list[Path]) -> dict[str, Any]:
-    from tmkt.plots import load_run, mean_std, plot_curves, results_table
+    from tmkt.plots import comparisons, load_run, mean_std, plot_curves, results_table
 
     budgets = sorted(
         {r.parent.name for r in runs},
@@ -103,11 +105,18 @@ def write_report(out: Path, runs: list[Path]) -> dict[str, Any]:
         }
         if budget == "kall":
             plot_curves(group, out / "curves.png")
-        sections.append(f"## {_budget_title(budget)}\n\n{results_table(group)}\n")
+        verdicts = comparisons(group)
+        for method, text in verdicts.items():
+            summary[budget][method]["vs_event"] = text
+        said = "".join(f"- {text}\n" for text in verdicts.values())
+        sections.append(f"## {_budget_title(budget)}\n\n{results_table(group)}\n{said}")
     _plot_scarcity(summary, out / "scarcity.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "results.md").write_text(
-        "# Results\n\nValidation accuracy on event recordings only (mean ± std over seeds).\n\n"
+        "# Results\n\nValidation accuracy on event recordings only: mean ± sample standard deviation over "
+        "seeds, with the number of recordings (n) behind each split. Each method is compared with "
+        "`event` in words: a difference no larger than the spread over seeds is within noise, and a "
+        "win also needs Welch's t-test p < 0.05 (`tmkt/stats.py`).\n\n"
         + "\n".join(sections)
         + "\n![curves](curves.png)\n\n![scarcity](scarcity.png)\n"
     )

@@ -31,6 +31,7 @@ class Run:
     val_accuracy: float | None
     test_accuracy: float | None
     curve: dict[int, float] = field(default_factory=dict)  # epoch -> validation accuracy
+    counts: dict[str, int | None] = field(default_factory=dict)  # recordings: train_n, val_n, test_n
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -54,6 +55,7 @@ def load_run(run_dir: str | Path) -> Run:
         val_accuracy=result.get("val_accuracy"),
         test_accuracy=result.get("test_accuracy"),
         curve=curve,
+        counts={key: result.get(key) for key in ("train_n", "val_n", "test_n")},
     )
 
 
@@ -107,14 +109,42 @@ def _cell(values: list[float | None]) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
+def _count(runs: list[Run], key: str) -> str:
+    """The number of recordings behind a column: one value, or the range when seeds differ."""
+    values = sorted({r.counts.get(key) for r in runs if r.counts.get(key) is not None})
+    if not values:
+        return "?"
+    return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
 def results_table(run_dirs: list[Path]) -> str:
-    """Markdown table: per method, number of seeds and accuracy (%) as mean ± std over seeds."""
+    """Markdown table: per method, the number of seeds, the recordings of each split (n) and the
+    accuracy (%) as mean ± std over seeds."""
     lines = [
-        "| method | seeds | val accuracy (%) | test accuracy (%) |",
-        "| --- | --- | --- | --- |",
+        "| method | seeds | train n | val n | val accuracy (%) | test n | test accuracy (%) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method, runs in group_runs(run_dirs).items():
         val = _cell([r.val_accuracy for r in runs])
         test = _cell([r.test_accuracy for r in runs])
-        lines.append(f"| {method} | {len(runs)} | {val} | {test} |")
+        n = {key: _count(runs, key) for key in ("train_n", "val_n", "test_n")}
+        lines.append(
+            f"| {method} | {len(runs)} | {n['train_n']} | {n['val_n']} | {val} | {n['test_n']} | {test} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def comparisons(run_dirs: list[Path], baseline: str = "event") -> dict[str, str]:
+    """Per method, one sentence against ``baseline`` on validation accuracy (see ``tmkt.stats``)."""
+    from tmkt.stats import compare
+
+    groups = group_runs(run_dirs)
+    if baseline not in groups:
+        return {}
+    base = [r.val_accuracy for r in groups[baseline] if r.val_accuracy is not None]
+    said = {}
+    for method, runs in groups.items():
+        values = [r.val_accuracy for r in runs if r.val_accuracy is not None]
+        if method != baseline and values and base:
+            said[method] = compare(method, values, baseline, base).text
+    return said

@@ -525,7 +525,7 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
     from tqdm import tqdm
 
     bar = tqdm(total=total_steps, initial=step, disable=not (cfg.progress_bar and ddp.is_main), unit="step")
-    train_time, train_samples, val_accuracy, stopped = 0.0, 0, None, False
+    train_time, train_samples, val_accuracy, stopped, n_val = 0.0, 0, None, False, 0
     model.train()
     while epoch < cfg.epochs and not stopped:
         loader = loaders[modes[epoch]]
@@ -583,10 +583,10 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
 
     result: dict[str, Any] = {}
     if ddp.is_main:
-        test_accuracy = None
+        test_accuracy, n_test = None, 0
         if ds.test is not None and not stopped:
             test = eval_loader(ds.test, cfg.eval_batch_size or cfg.batch_size, device)
-            test_accuracy, _ = accuracy_on(raw_model, test, device, amp_context(cfg, device))
+            test_accuracy, n_test = accuracy_on(raw_model, test, device, amp_context(cfg, device))
         meta = checkpoint_metadata(model_cfg, ds.classes, ds.frames_key, T, (H, W), cfg.method, ds.snapshot)
         torch.save(
             {"model": {k: v.detach().cpu() for k, v in raw_model.state_dict().items()}, "meta": meta},
@@ -597,6 +597,10 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
             "seed": cfg.seed,
             "val_accuracy": val_accuracy,
             "test_accuracy": test_accuracy,
+            # recordings behind each number: reports state them next to the accuracies
+            "train_n": len(ds.train.event_labels),
+            "val_n": n_val,
+            "test_n": n_test,
             "epochs": epoch,
             "steps": step,
             "completed": not stopped,

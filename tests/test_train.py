@@ -360,14 +360,16 @@ def test_bench_train_reports_every_backbone(tmp_path):
         assert row["samples_per_s"] > 0 and 0.0 <= row["data_wait_fraction"] < 1.0
 
 
-def _fake_run(root: Path, method: str, seed: int, curve: list[float], test: float | None) -> Path:
+def _fake_run(
+    root: Path, method: str, seed: int, curve: list[float], test: float | None, counts: dict | None = None
+) -> Path:
     run = root / f"{method}-{seed}"
     run.mkdir(parents=True)
     rows = [{"step": 3 * (e + 1), "epoch": e, "loss": 1.0} for e in range(len(curve))]
     rows += [{"step": 3 * (e + 1), "epoch": e, "val_accuracy": acc} for e, acc in enumerate(curve)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = {"method": method, "seed": seed, "val_accuracy": curve[-1], "test_accuracy": test, "config": {}}
-    (run / "result.json").write_text(json.dumps(result))
+    (run / "result.json").write_text(json.dumps({**result, **(counts or {})}))
     return run
 
 
@@ -375,14 +377,15 @@ def test_plots_and_table_aggregate_seeds(tmp_path):
     from tmkt.plots import group_runs, plot_curves, results_table
 
     runs = [
-        _fake_run(tmp_path, "tmkt", 0, [0.5, 0.8], 0.70),
-        _fake_run(tmp_path, "tmkt", 1, [0.6, 0.9], 0.80),
+        _fake_run(tmp_path, "tmkt", 0, [0.5, 0.8], 0.70, {"train_n": 50, "val_n": 20, "test_n": 30}),
+        _fake_run(tmp_path, "tmkt", 1, [0.6, 0.9], 0.80, {"train_n": 48, "val_n": 20, "test_n": 30}),
         _fake_run(tmp_path, "event", 0, [0.4, 0.6], None),
     ]
     table = results_table(runs)
-    # mean 85.00, sample std of (80, 90) = 7.07; test: mean 75.00 +- 7.07; one seed has no spread
-    assert "| tmkt | 2 | 85.00 ± 7.07 | 75.00 ± 7.07 |" in table
-    assert "| event | 1 | 60.00 | n/a |" in table
+    # mean 85.00, sample std of (80, 90) = 7.07; test: mean 75.00 +- 7.07; one seed has no spread;
+    # n per split: one value, a range when seeds differ, "?" for runs that did not record it
+    assert "| tmkt | 2 | 48-50 | 20 | 85.00 ± 7.07 | 30 | 75.00 ± 7.07 |" in table
+    assert "| event | 1 | ? | ? | 60.00 | ? | n/a |" in table
     assert group_runs(runs)["tmkt"][1].curve == {0: 0.6, 1: 0.9}
     png = plot_curves(runs, tmp_path / "plots" / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,33 +191,26 @@ DEMO_TRAINING: dict[str, Any] = {
 
 
 def train_methods(store: Path, runs: Path, args: argparse.Namespace) -> dict[str, list[Path]]:
-    """One run per method and seed, each on ``--per-class`` event recordings per class."""
+    """One run per method and seed, each on ``--per-class`` event recordings per class: a small
+    `tmkt experiment` grid, two runs at a time on a CPU (one per core; a GPU trains one at a time)."""
     import torch
 
-    from tmkt.train import TrainConfig, train
+    from tmkt.experiments import run_grid
 
     gpu = torch.cuda.is_available()
     epochs = args.epochs or (60 if gpu else 30)
     backbone = args.backbone or ("vgg_snn" if gpu else "small")
-    lr = DEMO_TRAINING["lr"] if backbone == "small" else 1e-3
+    settings = {**DEMO_TRAINING, "epochs": epochs, "backbone": backbone}
+    settings["lr"] = DEMO_TRAINING["lr"] if backbone == "small" else 1e-3
+    methods = [m for m in args.methods.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    log.info("training %s x seeds %s (%s, %d epochs) -> %s", methods, seeds, backbone, epochs, runs)
+    shutil.rmtree(runs, ignore_errors=True)  # the grid keeps finished runs; the demo always retrains
+    parallel = 1 if gpu else 2
+    run_dirs = run_grid(str(store), runs, methods, seeds, [args.per_class], settings, parallel=parallel)
     out: dict[str, list[Path]] = {}
-    for seed in [int(s) for s in args.seeds.split(",") if s]:
-        for method in [m for m in args.methods.split(",") if m]:
-            run_dir = runs / f"{method}-seed{seed}"
-            log.info("training %s seed %d (%s, %d epochs) -> %s", method, seed, backbone, epochs, run_dir)
-            config = TrainConfig(
-                **{**DEMO_TRAINING, "lr": lr},
-                store=str(store),
-                method=method,
-                out=str(run_dir),
-                seed=seed,
-                epochs=epochs,
-                backbone=backbone,
-                max_recordings_per_class=args.per_class,
-                progress_bar=False,
-            )
-            train(config)
-            out.setdefault(method, []).append(run_dir)
+    for run_dir in run_dirs:
+        out.setdefault(run_dir.name.rsplit("-s", 1)[0], []).append(run_dir)
     return out
 
 

@@ -55,7 +55,7 @@ def test_demo_writes_a_consistent_report_and_stops_its_services(tmp_path):
         assert row["seeds"] == 2 and row["train_n"] == 20 and row["held_out"]["n"] == 40
         values = []
         for seed_row in row["per_seed"]:
-            run = data / "runs" / f"{method}-seed{seed_row['seed']}"
+            run = data / "runs" / "k2" / f"{method}-s{seed_row['seed']}"
             result = json.loads((run / "result.json").read_text())
             assert seed_row["val_accuracy"] == result["val_accuracy"] and result["epochs"] == 2
             assert result["store_snapshot"] == summary["store_snapshot"]

@@ -254,7 +254,7 @@ def test_eval_of_an_unknown_split(tmp_path, built, model):
     ran = tmkt(
         tmp_path, "eval", "--checkpoint", str(model), "--store", str(built / "store"), "--split", "valid"
     )
-    assert_one_line_error(ran, "unknown split 'valid'", "val", "all")
+    assert_one_line_error(ran, "--split", "invalid choice: 'valid'", "val", "all")
 
 
 def test_eval_never_falls_back_from_an_empty_split(tmp_path, built, model):

@@ -19,7 +19,7 @@ import json
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -221,14 +221,21 @@ def describe(result: dict[str, Any]) -> str:
     return line
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A mistyped option is a user's mistake: one line naming it and exit code 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tmkt eval", description="Accuracy of a checkpoint on a store.")
+    parser = OneLineParser(prog="tmkt eval", description="Accuracy of a checkpoint on a store.")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--store", required=True)
     parser.add_argument(
         "--split",
         default="test",
-        metavar="{" + ",".join(EVAL_SPLITS) + "}",  # checked by evaluate(): one line for a wrong name
+        choices=EVAL_SPLITS,
         help="recordings to count (default test); 'all' counts every recording, training ones included",
     )
     parser.add_argument("--snapshot", default=None)

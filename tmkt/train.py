@@ -18,6 +18,7 @@ loadable with ``weights_only=True``) and ``result.json``.
 Resume (``resume=true``) restores model, optimizer, step, RNG states and the loader position; the
 loader is replayed from the start of the interrupted epoch (with the same per-step ratios) and the
 batches already trained on are skipped, so a resumed run continues exactly as an uninterrupted one.
+Resuming a run folder without ``ckpt.pt`` is an error, never a silent fresh start over its metrics.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
 
         hold()  # from the command line: whatever this command starts ends with it, even on SIGKILL
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Prefect reads these at import. Analytics off for every server a command starts (the temporary
+    # one of a build included): its telemetry service printed "database is locked" tracebacks
+    # while a build's tasks wrote to the same SQLite file.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("distributed", "httpx", "prefect", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -72,6 +78,7 @@ def _user_message(err: Exception) -> str | None:
     from flows.server import ServerError, ServerUnreachable
     from pipelines.build import BuildError
     from storage.repo import StoreNotFound
+    from tmkt.errors import UserInputError
     from tmkt.system import DeviceUnavailable
 
     known = (
@@ -83,9 +90,27 @@ def _user_message(err: Exception) -> str | None:
         ServerUnreachable,
         ServerError,
         DeploymentError,
+        UserInputError,
     )
     if isinstance(err, known):
-        return str(err)
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return disk_full_message(err)
+
+
+def disk_full_message(err: BaseException) -> str | None:
+    """One line when ``err`` (or what caused it) is a full disk, whatever layer reported it.
+
+    The errno survives as ``OSError.errno`` from Python writes; Icechunk (Rust) and Dask workers
+    pass the operating system's text on in their own exception types, so that is matched too.
+    """
+    import errno
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+            return "no space left on device: free space (or choose another --store) and run again"
+        err = err.__cause__ or err.__context__
     return None
 
 
@@ -128,9 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("path")
     verify.add_argument("--snapshot")
     verify.add_argument("--raw", help="raw folder to re-hash (default: the one recorded at build)")
+    verify.add_argument("--json", action="store_true", help="print JSON (path, ok, faults)")
     verify.set_defaults(func=_cmd_verify)
     history = store.add_parser("history", help="the snapshots of a store, newest first")
     history.add_argument("path")
+    history.add_argument("--json", action="store_true", help="print JSON (id, written_at, message)")
     history.set_defaults(func=_cmd_history)
     from storage.maintenance import DEFAULT_GRACE
 
@@ -177,13 +204,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from flows.dataset import run_build_flow  # the same flow the deployments run
+    from flows.logs import one_line_run_failures
     from pipelines.build import build_config_from_args
+    from pipelines.checks import check_build_inputs
 
     config = build_config_from_args(args)
     try:
         config.frame_spec()  # --slices without --window-us, --window-us with --mode count, ...
     except ValueError as err:
         raise UserError(str(err)) from None
+    for note in check_build_inputs(config):  # before Prefect or Dask start: a typo costs a second
+        print(f"tmkt: note: {note}", file=sys.stderr)
+    one_line_run_failures()  # the error itself is printed once, by main()
     result = run_build_flow(config)
     report = result.report
     print(_build_summary(result.snapshot, result.committed, report))
@@ -234,6 +266,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from storage.verify import verify_store
 
     faults = verify_store(args.path, args.snapshot, args.raw)
+    if args.json:
+        print(json.dumps({"path": str(args.path), "ok": not faults, "faults": faults}, indent=2))
+        return 1 if faults else 0
     for fault in faults:
         print(f"FAULT {fault}")
     print(f"{args.path}: {'OK' if not faults else f'{len(faults)} fault(s)'}")
@@ -262,7 +297,11 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 def _cmd_history(args: argparse.Namespace) -> int:
     from storage.reader import DatasetReader
 
-    for snap in DatasetReader(args.path).history():
+    snapshots = DatasetReader(args.path).history()
+    if args.json:
+        print(json.dumps(snapshots, indent=2))
+        return 0
+    for snap in snapshots:
         print(f"{snap['id']}  {snap['written_at']}  {snap['message']}")
     return 0
 

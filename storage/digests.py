@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from storage.repo import read_error_line
+
 
 def part_rows(array: Any) -> int:
     """Rows per digest part of a Zarr array: its shard (or chunk) length along the first axis."""
@@ -86,8 +88,7 @@ def check_array(name: str, array: Any, record: dict[str, Any]) -> list[str]:
         try:
             values = array[...] if not array.shape else array[first : first + rows]
         except Exception as err:  # a truncated or undecodable chunk: name it, keep checking the rest
-            reason = f"{type(err).__name__}: {err}"
-            faults.append(f"{name}: rows {first}..{first + rows - 1} unreadable ({reason})")
+            faults.append(f"{name}: rows {first}..{first + rows - 1} cannot be read: {read_error_line(err)}")
             continue
         if digest_values(np.asarray(values)) != expected:
             last = min(first + rows, int(record["shape"][0]) if record["shape"] else 1) - 1

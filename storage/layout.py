@@ -79,6 +79,35 @@ ROOT_ATTRS = (
 )
 
 
+#: Dimension names of every array, by path (``frames/*/...`` stands for every frames key). Zarr v3
+#: stores them in each array's metadata, so xarray and other Zarr readers label axes without knowing
+#: this package. Arrays of one group that share a name share a length, as xarray opens a group as one
+#: Dataset: in a sliced representation the ``recording`` axis of ``frames/<key>`` counts samples, and
+#: its ``recording`` array becomes the coordinate naming each sample's recording.
+DIMENSION_NAMES: dict[str, tuple[str, ...]] = {
+    **{path: ("event",) for path in EVENT_FIELDS.values()},
+    OFFSETS: ("recording_bound",),
+    LABEL: ("recording",),
+    SPLIT: ("recording",),
+    WIDTH: ("recording",),
+    HEIGHT: ("recording",),
+    IMAGES: ("image", "image_y", "image_x", "channel"),
+    IMAGE_LABEL: ("image",),
+    IMAGE_SPLIT: ("image",),
+    f"{FRAMES}/*/events": ("recording", "time", "polarity", "y", "x"),
+    f"{FRAMES}/*/recording": ("recording",),
+    f"{FRAMES}/*/static": ("image", "y", "x"),
+}
+
+
+def dimension_names(path: str) -> tuple[str, ...] | None:
+    """The dimension names of the array at ``path``; None for an array the layout does not name."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 3 and parts[0] == FRAMES:
+        parts[1] = "*"
+    return DIMENSION_NAMES.get("/".join(parts))
+
+
 def frames_group(key: str) -> str:
     """The group of one frame representation; its attrs are the FrameSpec."""
     return f"{FRAMES}/{key}"

@@ -13,8 +13,13 @@ import numpy as np
 import zarr
 
 from storage import layout
-from storage.repo import BRANCH, StoreNotFound, open_repository
+from storage.repo import BRANCH, CorruptStore, StoreNotFound, open_repository, unreadable_snapshot
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
+
+
+def open_store(path: str | Path, snapshot: str | None = None) -> DatasetReader:
+    """Open a store read-only at ``snapshot`` (the latest when None): the entry for Python users."""
+    return DatasetReader(path, snapshot)
 
 
 class DatasetReader:
@@ -31,12 +36,17 @@ class DatasetReader:
             )
         except Exception as err:
             raise StoreNotFound(f"{path}: no snapshot {snapshot!r} ({err})") from err
+        #: the Icechunk session of the snapshot: ``session.store`` is a Zarr store (xarray, zarr)
+        self.session = session
         self.snapshot_id: str = session.snapshot_id
         try:
             self.root = zarr.open_group(session.store, mode="r")
         except zarr.errors.GroupNotFoundError:
             self.root = None
         if self.root is None or layout.EVENTS not in self.root:
+            damage = unreadable_snapshot(self.repo, self.snapshot_id)
+            if damage:
+                raise CorruptStore(f"{path}: snapshot {self.snapshot_id} cannot be read: {damage}")
             raise StoreNotFound(f"{path}: snapshot {self.snapshot_id} holds no dataset yet")
 
     # -- dataset-wide attributes -------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,24 @@ class StoreNotFound(FileNotFoundError):
     pass
 
 
+class CorruptStore(StoreNotFound):
+    """The repository opens but a snapshot, manifest or chunk it names cannot be read."""
+
+
+class NotAStore(StoreNotFound):
+    """The path exists but cannot be a store (a file, say): Icechunk would panic on it."""
+
+
+def check_store_path(path: str | Path) -> None:
+    """Raise `NotAStore` when a local store path names something other than a folder.
+
+    Icechunk's local storage raises a Rust panic (a BaseException, not an Exception) for a file,
+    so this runs before any Icechunk call on the path: at open, at create, and before a build starts.
+    """
+    if not is_url(path) and Path(path).exists() and not Path(path).is_dir():
+        raise NotAStore(f"{path} is a file, not a store folder")
+
+
 def is_url(path: str | Path) -> bool:
     return "://" in str(path)
 
@@ -44,6 +63,7 @@ def _storage(path: str | Path) -> icechunk.Storage:
 
 def open_repository(path: str | Path, create: bool = False) -> icechunk.Repository:
     """Open the repository at ``path``; with ``create`` make it when missing."""
+    check_store_path(path)
     storage = _storage(path)
     if create:
         if not is_url(path):
@@ -114,3 +134,30 @@ def branch_tip(path: str | Path) -> str | None:
         return open_repository(path).lookup_branch(BRANCH)
     except StoreNotFound:
         return None
+
+
+def read_error_line(err: BaseException) -> str:
+    """One line for a read error: the Zarr key it happened at (when the error names one), the error,
+    and its root cause. Icechunk's errors span dozens of lines of Rust context."""
+    text = str(err).strip() or type(err).__name__
+    lines = [line.strip(" |x`->\t") for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("at ", "context:", "with "))]
+    keys = re.findall(r'with key="([^"]+)"', text)
+    line = f"{keys[-1]}: " if keys else ""
+    line += lines[0] if lines else type(err).__name__
+    if len(lines) > 1 and lines[-1] != lines[0]:
+        line += f" ({lines[-1]})"
+    return line
+
+
+def unreadable_snapshot(repo: icechunk.Repository, snapshot_id: str) -> str | None:
+    """Why the snapshot ``snapshot_id`` cannot be read, or None when it can.
+
+    Zarr reports an unreadable snapshot as a missing root group; reading the snapshot's ancestry
+    tells a damaged file apart from a repository that holds no dataset yet.
+    """
+    try:
+        list(repo.ancestry(snapshot_id=snapshot_id))
+    except Exception as err:
+        return read_error_line(err)
+    return None

@@ -15,6 +15,7 @@ import zarr
 from storage import layout
 from storage.digests import check_array
 from storage.reader import DatasetReader
+from storage.repo import CorruptStore, read_error_line
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
 
 
@@ -57,7 +58,10 @@ def verify_store(path: str | Path, snapshot: str | None = None, raw: str | Path 
     inputs are checked. A check that cannot even read what it needs reports that as a fault and the
     others still run: a corrupt store gets a list of faults, never a traceback.
     """
-    reader = DatasetReader(path, snapshot)
+    try:
+        reader = DatasetReader(path, snapshot)
+    except CorruptStore as err:  # the snapshot itself is damaged: nothing else can be read
+        return [str(err)]
     checks: dict[str, Callable[[], list[str]]] = {
         "digests": lambda: _check_digests(reader),
         "events": lambda: _check_events(reader),
@@ -68,8 +72,10 @@ def verify_store(path: str | Path, snapshot: str | None = None, raw: str | Path 
     for name, check in checks.items():
         try:
             faults += check()
-        except Exception as err:
-            faults.append(f"{name}: cannot be read or is malformed ({type(err).__name__}: {err})")
+        except Exception as err:  # an unreadable chunk or manifest is a fault to report, not a crash
+            line = read_error_line(err)
+            if not any(fault.endswith(line) for fault in faults):  # one fault per broken object
+                faults.append(f"{name}: cannot be read or is malformed: {line}")
     return faults
 
 

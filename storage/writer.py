@@ -131,6 +131,7 @@ class Transaction:
             shards=(shard, *rest),
             fill_value=0,
             compressors=BULK_CODEC,
+            dimension_names=layout.dimension_names(name),
         )
 
     def shard_target(self, name: str, shape: Sequence[int], dtype: Any, kind: str = "samples") -> ShardTarget:
@@ -141,7 +142,9 @@ class Transaction:
         """A small array written at once by the coordinator (labels, offsets, ...)."""
         data = np.asarray(data)
         rows = max(1, data.shape[0] if data.ndim else 1)
-        array = self.root.create_array(name, data=data, chunks=(rows, *data.shape[1:]))
+        array = self.root.create_array(
+            name, data=data, chunks=(rows, *data.shape[1:]), dimension_names=layout.dimension_names(name)
+        )
         self._parts[array.path] = digest_parts(data, part_rows(array))
         return array
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tmkt.config import TrainConfig, config_with, parse_args
+from tmkt.errors import BadCheckpoint
 from tmkt.evaluate import accuracy_on, eval_loader, load_checkpoint
 from tmkt.losses import cka_loss, tet_loss
 from tmkt.methods import He2024, MethodConfig, StaticThenEvent, build_method
@@ -287,6 +288,7 @@ def write_frames_store(path: Path, data, splits: np.ndarray, classes: list[str])
 
 
 def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
+    from tmkt.errors import EmptySplit
     from tmkt.evaluate import IncompatibleStore, evaluate
     from tmkt.evaluate import main as eval_main
     from tmkt.train import main as train_main
@@ -305,15 +307,26 @@ def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
     capsys.readouterr()
 
     on_test = evaluate(out / "checkpoint.pt", store, split="test")
-    assert on_test["n"] == 4 and on_test["split"] == "test" and on_test["note"] is None
+    assert on_test["n"] == 4 and on_test["split"] == "test" and on_test["trained_on"] == 0
     assert on_test["accuracy"] == result["test_accuracy"]
+    # every recording of the training store: the result counts the 16 it trained on
+    on_all = evaluate(out / "checkpoint.pt", store, split="all")
+    assert on_all["n"] == 24 and on_all["trained_on"] == 16
 
-    # a store of the same classes and representation without a test split: every recording, and a note
+    # a store of the same classes and representation without a test split: an error, never a fallback
     other = tmp_path / "other"
     write_frames_store(other, data, np.zeros(len(splits)), ["left", "right"])
-    assert eval_main(["--checkpoint", str(out / "checkpoint.pt"), "--store", str(other), "--json"]) == 0
+    with pytest.raises(EmptySplit, match="split 'test' .* holds no recording"):
+        evaluate(out / "checkpoint.pt", other)
+    # unless every recording is asked for by name
+    argv = ["--checkpoint", str(out / "checkpoint.pt"), "--store", str(other), "--split", "all"]
+    assert eval_main([*argv, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["n"] == 24 and printed["split"] == "all" and "empty" in printed["note"]
+    assert printed["n"] == 24 and printed["split"] == "all" and printed["trained_on"] is None
+    assert eval_main(argv) == 0
+    assert capsys.readouterr().out.startswith(
+        f"accuracy {printed['accuracy']:.4f} on 24 recordings of split 'all'"
+    )
 
     renamed = tmp_path / "renamed"
     write_frames_store(renamed, data, splits, ["up", "down"])
@@ -354,14 +367,16 @@ def test_bench_train_reports_every_backbone(tmp_path):
         assert row["samples_per_s"] > 0 and 0.0 <= row["data_wait_fraction"] < 1.0
 
 
-def _fake_run(root: Path, method: str, seed: int, curve: list[float], test: float | None) -> Path:
+def _fake_run(
+    root: Path, method: str, seed: int, curve: list[float], test: float | None, counts: dict | None = None
+) -> Path:
     run = root / f"{method}-{seed}"
     run.mkdir(parents=True)
     rows = [{"step": 3 * (e + 1), "epoch": e, "loss": 1.0} for e in range(len(curve))]
     rows += [{"step": 3 * (e + 1), "epoch": e, "val_accuracy": acc} for e, acc in enumerate(curve)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = {"method": method, "seed": seed, "val_accuracy": curve[-1], "test_accuracy": test, "config": {}}
-    (run / "result.json").write_text(json.dumps(result))
+    (run / "result.json").write_text(json.dumps({**result, **(counts or {})}))
     return run
 
 
@@ -369,14 +384,15 @@ def test_plots_and_table_aggregate_seeds(tmp_path):
     from tmkt.plots import group_runs, plot_curves, results_table
 
     runs = [
-        _fake_run(tmp_path, "tmkt", 0, [0.5, 0.8], 0.70),
-        _fake_run(tmp_path, "tmkt", 1, [0.6, 0.9], 0.80),
+        _fake_run(tmp_path, "tmkt", 0, [0.5, 0.8], 0.70, {"train_n": 50, "val_n": 20, "test_n": 30}),
+        _fake_run(tmp_path, "tmkt", 1, [0.6, 0.9], 0.80, {"train_n": 48, "val_n": 20, "test_n": 30}),
         _fake_run(tmp_path, "event", 0, [0.4, 0.6], None),
     ]
     table = results_table(runs)
-    # mean 85.00, sample std of (80, 90) = 7.07; test: mean 75.00 +- 7.07; one seed has no spread
-    assert "| tmkt | 2 | 85.00 ± 7.07 | 75.00 ± 7.07 |" in table
-    assert "| event | 1 | 60.00 | n/a |" in table
+    # mean 85.00, sample std of (80, 90) = 7.07; test: mean 75.00 +- 7.07; one seed has no spread;
+    # n per split: one value, a range when seeds differ, "?" for runs that did not record it
+    assert "| tmkt | 2 | 48-50 | 20 | 85.00 ± 7.07 | 30 | 75.00 ± 7.07 |" in table
+    assert "| event | 1 | ? | ? | 60.00 | ? | n/a |" in table
     assert group_runs(runs)["tmkt"][1].curve == {0: 0.6, 1: 0.9}
     png = plot_curves(runs, tmp_path / "plots" / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -400,6 +416,7 @@ def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path):
     marker = tmp_path / "pwned"
     ckpt["metrics_lines"] = _RunsCode(str(marker))
     torch.save(ckpt, tmp_path / "run" / "ckpt.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(BadCheckpoint, match="Python objects other than tensors") as raised:
         train(config_with(config, {"max_steps": 0, "resume": True}), data)
+    assert isinstance(raised.value.__cause__, pickle.UnpicklingError)  # refused by weights_only=True
     assert not marker.exists()

@@ -80,9 +80,12 @@ def test_the_build_flow_takes_the_window():
 
 
 def test_sliced_build_stores_one_row_per_slice_and_its_recording(tmp_path, client):
+    import xarray as xr
+
     from pipelines.binning import bin_slices
     from storage.verify import verify_store
     from tmkt.data import MixData
+    from tmkt.evaluate import split_rows
 
     raw = tmp_path / "raw"
     durations = {"a/short.aedat": 90_000, "b/long.aedat": 950_000}
@@ -117,6 +120,13 @@ def test_sliced_build_stores_one_row_per_slice_and_its_recording(tmp_path, clien
         data = MixData.from_store(store, split="train")
         assert len(data.event_frames) == 4
         np.testing.assert_array_equal(data.event_labels, np.asarray(reader.labels)[owner])
+        # evaluation counts samples too, and xarray sees each sample's recording as its coordinate
+        assert split_rows(reader, "all", reader.default_frame_key()).tolist() == list(range(len(owner)))
+        group = xr.open_zarr(
+            reader.session.store, group=f"frames/{reader.default_frame_key()}", consolidated=False
+        )
+        assert group["events"].dims[0] == "recording" and group.sizes["recording"] == len(owner)
+        np.testing.assert_array_equal(group["recording"].values, owner)
 
     check(DatasetReader(store))
     # a refresh that adds a recording re-bins the slices of the reused ones

@@ -137,15 +137,9 @@ class MixData:
 
         reader = DatasetReader(path, snapshot=snapshot)
         key = frames_key or reader.default_frame_key()
-        code = SPLITS.index(split) if split in SPLITS else None
-        if code is None:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         # one row per sample: a recording sliced into several samples lends each its label and split
-        recording = reader.frame_recordings(key)
-        labels = np.asarray(reader.labels, dtype=np.int64)[recording]
-        chosen = np.flatnonzero(np.asarray(reader.splits)[recording] == code)
-        if max_recordings_per_class is not None:
-            chosen = keep_per_class(chosen, labels[chosen], max_recordings_per_class, seed)
+        labels = np.asarray(reader.labels, dtype=np.int64)[reader.frame_recordings(key)]
+        chosen = recordings_read(reader, split, max_recordings_per_class, seed, key)
         event_frames = np.asarray(reader.event_frames(key, indices=chosen))
         static_frames = np.asarray(reader.static_frames(key))
         return cls(
@@ -157,6 +151,28 @@ class MixData:
             num_classes=len(reader.classes),
             snapshot=str(reader.snapshot_id),
         )
+
+
+def recordings_read(
+    reader,
+    split: str = "train",
+    max_recordings_per_class: int | None = None,
+    seed: int = 0,
+    frames_key: str | None = None,
+) -> np.ndarray:
+    """Rows of ``reader.event_frames(frames_key)`` of ``split`` that `MixData.from_store` reads with
+    these arguments (a reader of `storage.reader`): what a data-scarce run trained on, so that reports
+    can evaluate on every other recording. One row per recording, or per sample when the frames slice
+    recordings (each sample has its recording's label and split)."""
+    code = SPLITS.index(split) if split in SPLITS else None
+    if code is None:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    recording = reader.frame_recordings(frames_key)
+    chosen = np.flatnonzero(np.asarray(reader.splits)[recording] == code)
+    if max_recordings_per_class is not None:
+        labels = np.asarray(reader.labels, dtype=np.int64)[recording]
+        chosen = keep_per_class(chosen, labels[chosen], max_recordings_per_class, seed)
+    return chosen
 
 
 def keep_per_class(indices: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:

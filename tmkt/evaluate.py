@@ -5,6 +5,11 @@
 A store is compatible when it has the same class names (in the same order) and a frame
 representation of the same shape ``[T, 2, H, W]``. Evaluation always uses event frames only,
 through the same loader as training (mode "event", no augmentation), so inputs match exactly.
+
+Evaluation never falls back silently to other recordings: a split that is empty in the store is an
+error, and ``--split all`` (every recording of the store, training ones included when it is the
+store the model trained on) must be asked for by name. The result says which split and how many
+recordings were counted, and how many of them the checkpoint trained on when it knows.
 """
 
 from __future__ import annotations
@@ -14,18 +19,22 @@ import json
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
 from storage.schema import SPLITS
+from tmkt.errors import BadCheckpoint, EmptySplit, IncompatibleStore, UserInputError
 from tmkt.models import ModelConfig, SpikingClassifier, build_model
+from tmkt.records import first_line, is_resume_state, read_checkpoint
 from tmkt.system import DEVICES
 
+__all__ = ["EVAL_SPLITS", "IncompatibleStore", "evaluate", "load_checkpoint"]
 
-class IncompatibleStore(ValueError):
-    """The store's classes or frame shape differ from the ones the checkpoint was trained on."""
+
+#: what ``--split`` accepts: a split of the store, or every recording
+EVAL_SPLITS = (*SPLITS, "all")
 
 
 def checkpoint_metadata(
@@ -51,11 +60,19 @@ def checkpoint_metadata(
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SpikingClassifier, dict]:
-    """The model (eval mode) and metadata of a final ``checkpoint.pt``."""
-    payload = torch.load(path, map_location=device, weights_only=True)
-    meta = payload["meta"]
-    model = build_model(ModelConfig(**meta["model_config"]), meta["num_classes"], meta["T"])
-    model.load_state_dict(payload["model"])
+    """The model (eval mode) and metadata of a final ``checkpoint.pt``.
+
+    Raises `BadCheckpoint` for a missing, truncated or foreign file (`tmkt.records.read_checkpoint`
+    loads with ``weights_only=True``, so a crafted pickle fails to load instead of running code).
+    """
+    payload = read_checkpoint(path, device)
+    try:
+        meta = payload["meta"]
+        model = build_model(ModelConfig(**meta["model_config"]), meta["num_classes"], meta["T"])
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        hint = " (ckpt.pt is the resume state; evaluate checkpoint.pt)" if is_resume_state(payload) else ""
+        raise BadCheckpoint(f"{path}: not a tmkt model checkpoint{hint}: {first_line(err)}") from err
     return model.to(device).eval(), meta
 
 
@@ -98,29 +115,23 @@ def accuracy_on(
     return (correct / n if n else float("nan")), n
 
 
-def _load_split(reader, store: str | Path, split: str, frames_key: str):
-    """MixData of ``split``; all recordings (and a note) when that split is empty."""
-    from tmkt.data import MixData
-
-    if len(reader.split_indices(split)):
-        return MixData.from_store(
-            store, snapshot=reader.snapshot_id, split=split, frames_key=frames_key
-        ), None
-    labels = np.asarray(reader.labels)[reader.frame_recordings(frames_key)]
-    frames = reader.event_frames(frames_key)
-    static = reader.static_frames(frames_key)
-    data = MixData(
-        event_frames=frames,
-        event_labels=labels,
-        static_frames=static,
-        static_labels=reader.image_labels
-        if len(reader.image_labels) == len(static)
-        else np.zeros(0, np.int64),
-        static_scale=1.0,  # unused: evaluation reads event frames only
-        num_classes=len(reader.classes),
-        snapshot=reader.snapshot_id,
-    )
-    return data, f"split {split!r} is empty in this store; evaluated all {len(labels)} recordings"
+def split_rows(reader, split: str, frames_key: str) -> np.ndarray:
+    """Rows of ``reader.event_frames(frames_key)`` of ``split`` (every row for "all"): one per
+    recording, or per sample when the frames slice recordings. `EmptySplit` when there are none."""
+    if split not in EVAL_SPLITS:
+        raise UserInputError(f"unknown split {split!r}; expected one of {', '.join(EVAL_SPLITS)}")
+    recording = reader.frame_recordings(frames_key)
+    if split == "all":
+        rows = np.arange(len(recording))
+    else:
+        rows = np.flatnonzero(np.asarray(reader.splits)[recording] == SPLITS.index(split))
+    if not len(rows):
+        counts = ", ".join(f"{name} {len(reader.split_indices(name))}" for name in SPLITS)
+        raise EmptySplit(
+            f"split {split!r} of {reader.path} holds no recording ({counts}); choose another --split, "
+            f"or --split all to count every recording"
+        )
+    return rows
 
 
 def evaluate(
@@ -130,15 +141,60 @@ def evaluate(
     split: str = "test",
     batch_size: int = 64,
     device: str = "auto",
+    indices: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of ``checkpoint`` on the event recordings of ``split`` of ``store``."""
-    from storage.reader import DatasetReader
+    """Accuracy of ``checkpoint`` on the event recordings of ``split`` of ``store``.
 
+    ``indices`` (rows of the store's event frames: recordings, or samples of sliced frames) replaces
+    the split for callers that hold out recordings themselves, such as every recording a data-scarce
+    run did not train on; the result's ``split`` is then "indices".
+    """
+    from storage.reader import DatasetReader
+    from tmkt.data import MixData
+
+    if split not in EVAL_SPLITS:  # before loading anything
+        raise UserInputError(f"unknown split {split!r}; expected one of {', '.join(EVAL_SPLITS)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     model, meta = load_checkpoint(checkpoint, dev)
     reader = DatasetReader(store, snapshot)
+    key = compatible_frames_key(reader, meta, store)
+    spec = reader.frame_spec(key)
+    if indices is None:
+        rows = split_rows(reader, split, key)
+    else:
+        rows, split = np.asarray(indices, dtype=np.int64), "indices"
+    recording = reader.frame_recordings(key)[rows]  # each sample lends its recording's label and split
+    data = MixData(
+        event_frames=reader.event_frames(key, indices=rows),
+        event_labels=np.asarray(reader.labels, dtype=np.int64)[recording],
+        static_frames=np.zeros((0, *spec.size), np.uint8),  # evaluation reads event frames only
+        static_labels=np.zeros(0, np.int64),
+        static_scale=1.0,
+        num_classes=len(reader.classes),
+        snapshot=reader.snapshot_id,
+    )
+    accuracy, n = accuracy_on(model, eval_loader(data, batch_size, dev), dev)
+    same_snapshot = meta.get("store_snapshot") == reader.snapshot_id
+    train_code = SPLITS.index("train")
+    trained_on = int((np.asarray(reader.splits)[recording] == train_code).sum()) if same_snapshot else None
+    return {
+        "accuracy": accuracy,
+        "n": n,
+        "split": split,
+        # recordings counted from the training split of the store the model trained on (None: another
+        # store); a data-scarce run trained on a subset of them only
+        "trained_on": trained_on,
+        "store": str(store),
+        "store_snapshot": reader.snapshot_id,
+        "frames_key": key,
+        "checkpoint": str(checkpoint),
+    }
+
+
+def compatible_frames_key(reader, meta: dict[str, Any], store: str | Path) -> str:
+    """The frames of ``reader`` the checkpoint can read; `IncompatibleStore` when there are none."""
     if list(reader.classes) != list(meta["classes"]):
         raise IncompatibleStore(
             f"{store}: classes {reader.classes} differ from the checkpoint's {meta['classes']}"
@@ -151,43 +207,44 @@ def evaluate(
             f"{store}: frames {key} are T={spec.time_bins}, size={list(spec.size)}; "
             f"the checkpoint needs T={meta['T']}, size={meta['size']}"
         )
-    data, note = _load_split(reader, store, split, key)
-    accuracy, n = accuracy_on(model, eval_loader(data, batch_size, dev), dev)
-    return {
-        "accuracy": accuracy,
-        "n": n,
-        "split": split if note is None else "all",
-        "note": note,
-        "store": str(store),
-        "store_snapshot": reader.snapshot_id,
-        "frames_key": key,
-        "checkpoint": str(checkpoint),
-    }
+    return key
+
+
+def describe(result: dict[str, Any]) -> str:
+    """The one line ``tmkt eval`` prints: accuracy, split, count, and a warning about training data."""
+    line = (
+        f"accuracy {result['accuracy']:.4f} on {result['n']} recordings of split {result['split']!r} "
+        f"({result['store']} @ {result['store_snapshot']})"
+    )
+    if result.get("trained_on"):
+        line += f"; {result['trained_on']} of them are training recordings of this model's store"
+    return line
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A mistyped option is a user's mistake: one line naming it and exit code 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tmkt eval", description="Accuracy of a checkpoint on a store.")
+    parser = OneLineParser(prog="tmkt eval", description="Accuracy of a checkpoint on a store.")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--store", required=True)
-    parser.add_argument("--split", default="test", choices=SPLITS)
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=EVAL_SPLITS,
+        help="recordings to count (default test); 'all' counts every recording, training ones included",
+    )
     parser.add_argument("--snapshot", default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    try:
-        result = evaluate(
-            args.checkpoint, args.store, args.snapshot, args.split, args.batch_size, args.device
-        )
-    except IncompatibleStore as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"accuracy {result['accuracy']:.4f} on {result['n']} recordings ({result['split']})")
-        if result["note"]:
-            print(result["note"])
+    result = evaluate(args.checkpoint, args.store, args.snapshot, args.split, args.batch_size, args.device)
+    print(json.dumps(result, indent=2) if args.json else describe(result))
     return 0
 
 

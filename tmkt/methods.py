@@ -200,3 +200,15 @@ def build_method(config: MethodConfig) -> Method:
     if c.name == "finetune":
         return StaticThenEvent(tet_mse_weight=c.tet_mse_weight, static_fraction=c.finetune_static_fraction)
     return He2024(l_cka=c.l_cka, tet_mse_weight=c.tet_mse_weight)
+
+
+def require_statics(method: Method, epochs: int, n_static: int, store: str) -> None:
+    """Raise `MissingStatics` before training when ``method`` reads static images and there are none."""
+    from tmkt.errors import MissingStatics
+
+    modes = {method.mode_for_epoch(e, epochs) for e in range(epochs)}
+    if n_static == 0 and modes - {"event"}:
+        raise MissingStatics(
+            f"method {method.name!r} mixes static images, but {store or 'the data'} has none: "
+            f"build the store with --static, or train --method event"
+        )

@@ -35,6 +35,7 @@ class Run:
     val_accuracy: float | None
     test_accuracy: float | None
     curve: dict[int, float] = field(default_factory=dict)  # epoch -> validation accuracy
+    counts: dict[str, int | None] = field(default_factory=dict)  # recordings: train_n, val_n, test_n
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -58,6 +59,7 @@ def load_run(run_dir: str | Path) -> Run:
         val_accuracy=result.get("val_accuracy"),
         test_accuracy=result.get("test_accuracy"),
         curve=curve,
+        counts={key: result.get(key) for key in ("train_n", "val_n", "test_n")},
     )
 
 
@@ -111,17 +113,45 @@ def _cell(values: list[float | None]) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
+def _count(runs: list[Run], key: str) -> str:
+    """The number of recordings behind a column: one value, or the range when seeds differ."""
+    values = sorted({r.counts.get(key) for r in runs if r.counts.get(key) is not None})
+    if not values:
+        return "?"
+    return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
 def results_table(run_dirs: list[Path]) -> str:
-    """Markdown table: per method, number of seeds and accuracy (%) as mean ± std over seeds."""
+    """Markdown table: per method, the number of seeds, the recordings of each split (n) and the
+    accuracy (%) as mean ± std over seeds."""
     lines = [
-        "| method | seeds | val accuracy (%) | test accuracy (%) |",
-        "| --- | --- | --- | --- |",
+        "| method | seeds | train n | val n | val accuracy (%) | test n | test accuracy (%) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method, runs in group_runs(run_dirs).items():
         val = _cell([r.val_accuracy for r in runs])
         test = _cell([r.test_accuracy for r in runs])
-        lines.append(f"| {method} | {len(runs)} | {val} | {test} |")
+        n = {key: _count(runs, key) for key in ("train_n", "val_n", "test_n")}
+        lines.append(
+            f"| {method} | {len(runs)} | {n['train_n']} | {n['val_n']} | {val} | {n['test_n']} | {test} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def comparisons(run_dirs: list[Path], baseline: str = "event") -> dict[str, str]:
+    """Per method, one sentence against ``baseline`` on validation accuracy (see ``tmkt.stats``)."""
+    from tmkt.stats import compare
+
+    groups = group_runs(run_dirs)
+    if baseline not in groups:
+        return {}
+    base = [r.val_accuracy for r in groups[baseline] if r.val_accuracy is not None]
+    said = {}
+    for method, runs in groups.items():
+        values = [r.val_accuracy for r in runs if r.val_accuracy is not None]
+        if method != baseline and values and base:
+            said[method] = compare(method, values, baseline, base).text
+    return said
 
 
 def example_frames_png(store: str | Path, out_png: str | Path, cut: int | None = None, seed: int = 0) -> Path:
@@ -143,32 +173,58 @@ def example_frames_png(store: str | Path, out_png: str | Path, cut: int | None =
     statics = expand_static(torch.from_numpy(static[None]), T)
     mixed = apply_mix(statics, events, torch.tensor([cut]))
     rows = {"static": statics[0], "event": events[0], f"mixed (t* = {cut})": mixed[0]}
-    vmax = float(max(data.static_scale, 1.0))
-    fig, axes = plt.subplots(3, T, figsize=(1.3 * T, 4.4), squeeze=False)
+    _draw_frame_rows(rows, cut, float(max(data.static_scale, 1.0)), f"class {label}", Path(out_png))
+    return Path(out_png)
+
+
+def _draw_frame_rows(rows: dict[str, Any], cut: int, static_max: float, title: str, out_png: Path) -> None:
+    """Static time-steps in gray, event time-steps as ON minus OFF counts (red ON, blue OFF), with a
+    colour scale for each and a legend for the polarity colours."""
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
+
+    T = next(iter(rows.values())).shape[0]
+    event_max = max(1.0, float(max(abs(seq[:, 1] - seq[:, 0]).max() for seq in rows.values())))
+    gray = Normalize(0.0, static_max)
+    signed = Normalize(-event_max, event_max)
+    fig, axes = plt.subplots(3, T, figsize=(1.3 * T + 1.6, 4.9), squeeze=False)
     for r, (name, seq) in enumerate(rows.items()):
         for t in range(T):
             ax = axes[r][t]
-            # ON minus OFF shows polarity; a static frame is the same in both channels, so show one
-            image = seq[t, 0] if name == "static" else seq[t, 1] - seq[t, 0]
-            if name.startswith("mixed") and t + 1 < cut:
-                image = seq[t, 0]
-            ax.imshow(
-                image.numpy(),
-                cmap="gray" if image.min() >= 0 else "bwr",
-                vmin=-vmax if image.min() < 0 else 0,
-                vmax=vmax,
-            )
+            # a static frame is the same in both channels: show one; events show ON minus OFF
+            static_step = name == "static" or (name.startswith("mixed") and t + 1 < cut)
+            if static_step:
+                ax.imshow(seq[t, 0].numpy(), cmap="gray", norm=gray)
+            else:
+                ax.imshow((seq[t, 1] - seq[t, 0]).numpy(), cmap="bwr", norm=signed)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(f"t={t + 1}", fontsize=8)
         axes[r][0].set_ylabel(name, fontsize=8)
-    fig.suptitle(f"class {label}: static before t*, events from t* on", fontsize=9)
-    fig.tight_layout()
-    out_png = Path(out_png)
+    fig.suptitle(f"{title}: static before t*, events from t* on", fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 0.86, 1))
+    for norm, cmap, label, bottom in (
+        (signed, "bwr", "events per pixel: ON minus OFF", 0.55),
+        (gray, "gray", "static pixel value (in events)", 0.12),
+    ):
+        bar_ax = fig.add_axes((0.88, bottom, 0.018, 0.33))
+        bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=bar_ax)
+        bar.set_label(label, fontsize=7)
+        bar.ax.tick_params(labelsize=7)
+    fig.legend(
+        handles=[
+            Patch(color="red", label="ON events (brightness up)"),
+            Patch(color="blue", label="OFF events (brightness down)"),
+            Patch(facecolor="white", edgecolor="black", label="no event / equal ON and OFF"),
+        ],
+        loc="lower center",
+        ncol=3,
+        fontsize=7,
+        frameon=False,
+    )
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
-    return out_png
 
 
 def ratio_schedule_png(config: dict[str, Any], out_png: str | Path, time_steps: int) -> Path:

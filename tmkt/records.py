@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import socket
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 from tmkt.config import TrainConfig
+from tmkt.errors import BadCheckpoint, MissingCheckpoint
 from tmkt.system import Dist
 
 #: The resumable state (model, optimizer, position, RNG), rewritten every ``checkpoint_every`` steps.
@@ -97,10 +100,54 @@ def save_resume_state(out: Path, payload: dict[str, Any]) -> None:
     os.replace(out / "ckpt.tmp", out / RESUME_FILE)
 
 
-def load_resume_state(out: Path, device: torch.device) -> dict[str, Any] | None:
-    """The state saved by `save_resume_state`, or None when the run has none yet."""
+def load_resume_state(out: Path, device: torch.device) -> dict[str, Any]:
+    """The state saved by `save_resume_state`; `MissingCheckpoint` when the run has none.
+
+    Resuming without a checkpoint would silently start over, overwriting the run's metrics.
+    """
     path = out / RESUME_FILE
-    return torch.load(path, map_location=device, weights_only=True) if path.exists() else None
+    if not path.is_file():
+        raise MissingCheckpoint(
+            f"--resume: no checkpoint {path.name} in {out}; drop --resume to start this run afresh"
+        )
+    state = read_checkpoint(path, device)
+    if not is_resume_state(state):
+        raise BadCheckpoint(f"{path}: not a tmkt resume checkpoint (keys {sorted(state)[:6]})")
+    return state
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict a checkpoint file holds, loaded with ``weights_only=True``: unpickling arbitrary
+    objects would run code from the file. `BadCheckpoint` (one line) for a missing, truncated or
+    foreign file, or one that holds Python objects other than tensors and plain values."""
+    if not Path(path).is_file():
+        raise BadCheckpoint(f"checkpoint not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = (
+            "it holds Python objects other than tensors, which are not loaded because that could run code"
+            if "Weights only load failed" in str(err)
+            else first_line(err)
+        )
+        raise BadCheckpoint(f"{path}: cannot read the checkpoint: {reason}") from err
+    except Exception as err:  # truncated zip, foreign file: both mean "not ours"
+        raise BadCheckpoint(f"{path}: cannot read the checkpoint: {first_line(err)}") from err
+    if not isinstance(payload, dict):
+        raise BadCheckpoint(f"{path}: not a tmkt checkpoint (holds a {type(payload).__name__})")
+    return payload
+
+
+def is_resume_state(payload: Any) -> bool:
+    """Whether ``payload`` is a ``ckpt.pt`` (the resume state) rather than final weights."""
+    return isinstance(payload, dict) and {"model", "optimizer", "step", "rng"} <= set(payload)
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def save_weights(out: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ loadable with ``weights_only=True``) and ``result.json``.
 Resume (``resume=true``) restores model, optimizer, step, RNG states and the loader position; the
 loader is replayed from the start of the interrupted epoch (with the same per-step ratios) and the
 batches already trained on are skipped, so a resumed run continues exactly as an uninterrupted one.
+Resuming a run folder without ``ckpt.pt`` is an error, never a silent fresh start over its metrics.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tmkt.augment import AugmentConfig
 from tmkt.config import TrainConfig, parse_args
 from tmkt.evaluate import accuracy_on, checkpoint_metadata, eval_loader
-from tmkt.methods import Method, build_method
+from tmkt.methods import Method, build_method, require_statics
 from tmkt.models import build_model
 from tmkt.records import (
     MetricsLog,
@@ -187,6 +188,7 @@ class Progress:
     resumed_lines: int | None = None  # metrics rows kept on resume; None: a fresh run
     stopped: bool = False  # max_steps ended the run before its last epoch
     val_accuracy: float | None = None
+    val_n: int = 0  # recordings behind val_accuracy
     train_time: float = 0.0
     train_samples: int = 0
 
@@ -203,10 +205,12 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
         cfg = dataclasses.replace(cfg, backbone="vgg_snn" if device.type == "cuda" else "small")
     seed_all(cfg.seed + ddp.rank)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # a user's mistake (store, resume without checkpoint, method without statics) writes nothing
     ds = in_memory_datasets(data, val_data, test_data) if data is not None else load_datasets(cfg)
+    state = load_resume_state(out, device) if cfg.resume else None
     run = prepare(cfg, ddp, device, out, ds)
-    progress = resume(run)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = resume(run, state)
     open_outputs(run, progress)
     train_epochs(run, progress)
     save_checkpoint(run, progress)
@@ -221,6 +225,7 @@ def prepare(cfg: TrainConfig, ddp: Dist, device: torch.device, out: Path, ds: Da
     """The method, the model on ``device``, its optimizer, and one loader per loader mode."""
     T = ds.train.event_frames.shape[1]
     method = build_method(cfg.method_config())
+    require_statics(method, cfg.epochs, len(ds.train.static_frames), cfg.store)
     raw_model = build_model(cfg.model_config(method.mag_head, method.mrp_head), ds.train.num_classes, T)
     raw_model = raw_model.to(device)
     optimizer = make_optimizer(raw_model, cfg)
@@ -230,9 +235,8 @@ def prepare(cfg: TrainConfig, ddp: Dist, device: torch.device, out: Path, ds: Da
     return Run(cfg, ddp, device, out, ds, method, raw_model, optimizer, loaders, modes, epoch_steps)
 
 
-def resume(run: Run) -> Progress:
-    """A fresh start, or (``resume=true`` and a checkpoint) exactly where the checkpoint was taken."""
-    state = load_resume_state(run.out, run.device) if run.cfg.resume else None
+def resume(run: Run, state: dict[str, Any] | None) -> Progress:
+    """A fresh start (no ``state``), or exactly where the checkpoint ``state`` was taken."""
     if state is None:
         return Progress()
     run.raw_model.load_state_dict(state["model"])
@@ -288,7 +292,7 @@ def train_epochs(run: Run, progress: Progress) -> None:
         if progress.stopped:
             break
         if run.val is not None and run.ddp.is_main:
-            validate(run, progress)
+            validate(run, progress, bar)
         progress.epoch, progress.position = progress.epoch + 1, 0
         if cfg.max_steps and progress.step >= cfg.max_steps:
             progress.stopped = progress.epoch < cfg.epochs
@@ -352,21 +356,25 @@ def train_step(
         bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{n / dt:.0f}")
 
 
-def validate(run: Run, progress: Progress) -> None:
+def validate(run: Run, progress: Progress, bar: Any) -> None:
     model = model_for_eval(run.model)
     accuracy, n_val = accuracy_on(model, run.val, run.device, amp_context(run.cfg.amp, run.device))
-    progress.val_accuracy = accuracy
+    progress.val_accuracy, progress.val_n = accuracy, n_val
     run.log.write({"step": progress.step, "epoch": progress.epoch, "val_accuracy": accuracy, "val_n": n_val})
+    if run.cfg.progress_bar:  # interactive runs; grids of runs read metrics.jsonl instead
+        epochs = run.cfg.epochs
+        line = f"epoch {progress.epoch + 1}/{epochs}: val accuracy {accuracy:.4f} ({n_val} recordings)"
+        bar.write(line, file=sys.stderr)  # stdout keeps only the final JSON
     run.model.train()
 
 
 def finish(run: Run, progress: Progress) -> dict[str, Any]:
     """Rank 0: the test accuracy (of a completed run), checkpoint.pt and result.json."""
     cfg, ds, device = run.cfg, run.ds, run.device
-    test_accuracy = None
+    test_accuracy, n_test = None, 0
     if ds.test is not None and not progress.stopped:
         test = eval_loader(ds.test, cfg.eval_batch_size or cfg.batch_size, device)
-        test_accuracy, _ = accuracy_on(run.raw_model, test, device, amp_context(cfg.amp, device))
+        test_accuracy, n_test = accuracy_on(run.raw_model, test, device, amp_context(cfg.amp, device))
     T, _, H, W = ds.train.event_frames.shape[1:]
     model_cfg = cfg.model_config(run.method.mag_head, run.method.mrp_head)
     meta = checkpoint_metadata(model_cfg, ds.classes, ds.frames_key, T, (H, W), cfg.method, ds.snapshot)
@@ -376,6 +384,10 @@ def finish(run: Run, progress: Progress) -> dict[str, Any]:
         "seed": cfg.seed,
         "val_accuracy": progress.val_accuracy,
         "test_accuracy": test_accuracy,
+        # recordings behind each number: reports state them next to the accuracies
+        "train_n": len(ds.train.event_labels),
+        "val_n": progress.val_n,
+        "test_n": n_test,
         "epochs": progress.epoch,
         "steps": progress.step,
         "completed": not progress.stopped,

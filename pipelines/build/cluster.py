@@ -27,7 +27,9 @@ def local_cluster(workers: int) -> Any:
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            # a failed task's error reaches the client, which reports it once (one line for a
+            # user's mistake such as a full disk); the worker's own copy would repeat its traceback
+            silence_logs=logging.CRITICAL,
         )
 
 

@@ -113,6 +113,8 @@ class SplitParams:
     orientation: ClassVar[str] = "as the camera saw them: x = column, y = row, row 0 on top"
     #: what the published download holds; None for layouts that are no published dataset
     published: ClassVar[PublishedCounts | None] = None
+    #: False for event-only datasets (no static images exist for them)
+    has_statics: ClassVar[bool] = True
 
     @property
     def split_rule(self) -> str:

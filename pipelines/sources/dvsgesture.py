@@ -102,6 +102,7 @@ class DVSGestureSource(SplitParams):
         "test, as spikingjelly's DVS128Gesture counts them",
         per_split={"train": 1176, "test": 288},
     )
+    has_statics = False
 
     def list(self, raw: Path, static: Path | None) -> Listing:
         raw = require_dir(raw)

@@ -86,6 +86,7 @@ def test_sliced_build_stores_one_row_per_slice_and_its_recording(tmp_path, clien
     from storage.verify import verify_store
     from tmkt.data import MixData
     from tmkt.evaluate import split_rows
+    from tmkt.streaming import StreamConfig, StreamedData, load_split
 
     raw = tmp_path / "raw"
     durations = {"a/short.aedat": 90_000, "b/long.aedat": 950_000}
@@ -120,6 +121,10 @@ def test_sliced_build_stores_one_row_per_slice_and_its_recording(tmp_path, clien
         data = MixData.from_store(store, split="train")
         assert len(data.event_frames) == 4
         np.testing.assert_array_equal(data.event_labels, np.asarray(reader.labels)[owner])
+        # streamed (a budget below the split's size), the samples and their labels are the same
+        streamed = load_split(store, split="train", stream=StreamConfig(max_resident_bytes=120_000))
+        assert isinstance(streamed, StreamedData) and len(streamed.event_frames) == 4
+        np.testing.assert_array_equal(streamed.event_labels, data.event_labels)
         # evaluation counts samples too, and xarray sees each sample's recording as its coordinate
         assert split_rows(reader, "all", reader.default_frame_key()).tolist() == list(range(len(owner)))
         group = xr.open_zarr(

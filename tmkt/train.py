@@ -55,6 +55,9 @@ class TrainConfig:
     snapshot: str = ""  # pinned snapshot id; "" = the latest at start (recorded in run.json)
     frames_key: str = ""  # frame representation; "" = the store's default (T and size come from it)
     max_recordings_per_class: int = 0  # 0 = all training recordings
+    # validation data: "val" (the store's split) or "unused" (every train/val recording this run does
+    # not train on; tmkt.data.UNUSED), which measures data-scarcity runs on ~10x more recordings
+    eval_split: str = "val"
     # method
     method: str = "tmkt"
     # RatioSchedule of r_m over training: constant|linear|cosine|power. Linear 0.25 -> 1.0 (from mostly
@@ -65,6 +68,9 @@ class TrainConfig:
     ratio_power: float = 2.0
     l_mag: float = 0.1  # MAG at 1.0 let the net silence event features on N-MNIST (val at chance)
     l_mrp: float = 0.1
+    # tmkt/tsm*: weight of a second CE on the pure event sequence of each mixed batch (its own forward
+    # pass); 0 = off. Costs a second forward and backward per step (README "Results": the ablation).
+    l_event: float = 1.0
     l_cka: float = 1.0
     tet_mse_weight: float = 0.0
     finetune_static_fraction: float = 0.5
@@ -77,10 +83,14 @@ class TrainConfig:
     # optimisation
     out: str = "runs/default"
     seed: int = 0
-    epochs: int = 10
-    batch_size: int = 64  # per process
+    # Budget: `epochs`, raised to ceil(min_steps / steps per epoch) when that makes at least `min_steps`
+    # optimizer steps. 10 N-MNIST recordings per class at batch 32 make 4 steps per epoch: 60 epochs,
+    # 240 steps; 5 per class make 2: 120 epochs. 0 = exactly `epochs`.
+    epochs: int = 60
+    min_steps: int = 240
+    batch_size: int = 32  # per process
     eval_batch_size: int = 0  # 0 = batch_size
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr: float = 0.0
     weight_decay: float = 1e-4
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
@@ -104,6 +114,7 @@ class TrainConfig:
     resume: bool = False
     max_steps: int = 0  # stop after this many steps (schedules still span all epochs); 0 = off
     log_every: int = 10
+    val_every: int = 1  # epochs between validations (and always after the last); 0 = only after the last
     progress_bar: bool = True
     record_indices: bool = False  # write the sample indices each rank trained on (checks sharding)
     tag: str = ""  # free label; plots group runs by method/tag (e.g. ratio-schedule variants)
@@ -115,8 +126,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.min_steps < 0:
+            raise ValueError("epochs and batch_size must be >= 1, min_steps >= 0")
+        if self.eval_split not in ("val", "unused"):
+            raise ValueError(f"eval_split must be 'val' or 'unused', got {self.eval_split!r}")
 
     def model_config(self, mag_head: bool, mrp_head: bool) -> ModelConfig:
         return ModelConfig(
@@ -269,6 +282,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def budget_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """``epochs``, raised so that the run makes at least ``min_steps`` optimizer steps.
+
+    Why: a budget in epochs starves small sets. 100 recordings at batch 64 make two steps per epoch,
+    and at 10 epochs both methods stopped far from convergence, the harder mixed task the furthest.
+    """
+    return max(cfg.epochs, math.ceil(cfg.min_steps / max(1, steps_per_epoch)))
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine decay from ``lr`` to ``min_lr`` over the whole run (or constant)."""
     if step < cfg.warmup_steps:
@@ -327,6 +349,10 @@ def load_datasets(cfg: TrainConfig) -> Datasets:
     )
     counts = {name: len(reader.split_indices(name)) for name in ("val", "test")}
     val = _split_or_none(cfg.store, snapshot, "val", key) if counts["val"] else None
+    if cfg.eval_split == "unused":
+        val = MixData.from_store(
+            cfg.store, snapshot, "unused", key, cfg.max_recordings_per_class or None, cfg.seed
+        )
     test = _split_or_none(cfg.store, snapshot, "test", key) if counts["test"] else None
     return Datasets(train, val, test, snapshot, reader.classes, key)
 
@@ -337,7 +363,9 @@ def in_memory_datasets(data, val_data, test_data) -> Datasets:
     return Datasets(data, val_data, test_data, snapshot, classes, getattr(data, "frames_key", "") or "")
 
 
-def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.device):
+def train_loader(
+    data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.device, with_events: bool = False
+):
     from tmkt.loader import AugmentConfig, LoaderConfig, MixLoader
 
     augment = AugmentConfig(crop_padding=cfg.crop_padding, hflip=cfg.hflip, enabled=cfg.augment)
@@ -351,6 +379,7 @@ def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.dev
         drop_last=ddp.world_size > 1,
         device=device.type,
         num_threads=cfg.num_threads,
+        with_events=with_events and mode == "mix",
     )
     return MixLoader(data, lcfg, rank=ddp.rank, world_size=ddp.world_size)
 
@@ -468,15 +497,21 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
         cfg.l_cka,
         cfg.finetune_static_fraction,
         cfg.tet_mse_weight,
+        cfg.l_event,
     )
     model_cfg = cfg.model_config(method.mag_head, method.mrp_head)
     raw_model = build_model(model_cfg, ds.train.num_classes, T).to(device)
     optimizer = make_optimizer(raw_model, cfg)
 
     loaders: dict[str, Any] = {}
+    first = method.mode_for_epoch(0, cfg.epochs)
+    loaders[first] = train_loader(ds.train, cfg, first, ddp, device, method.wants_events)
+    # resolved like the backbone, so run.json and result.json record the epochs actually run
+    cfg = dataclasses.replace(cfg, epochs=budget_epochs(cfg, len(loaders[first])))
     modes = [method.mode_for_epoch(e, cfg.epochs) for e in range(cfg.epochs)]
     for mode in dict.fromkeys(modes):
-        loaders[mode] = train_loader(ds.train, cfg, mode, ddp, device)
+        if mode not in loaders:
+            loaders[mode] = train_loader(ds.train, cfg, mode, ddp, device, method.wants_events)
     epoch_steps = [len(loaders[m]) for m in modes]
     total_steps = sum(epoch_steps)
 
@@ -563,7 +598,8 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
                     break
         if stopped:
             break
-        if val is not None and ddp.is_main:
+        last = epoch == cfg.epochs - 1
+        if val is not None and ddp.is_main and (last or (cfg.val_every and (epoch + 1) % cfg.val_every == 0)):
             val_accuracy, n_val = accuracy_on(model_for_eval(model), val, device, amp_context(cfg, device))
             log.write({"step": step, "epoch": epoch, "val_accuracy": val_accuracy, "val_n": n_val})
             model.train()
@@ -581,7 +617,17 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
         if ds.test is not None and not stopped:
             test = eval_loader(ds.test, cfg.eval_batch_size or cfg.batch_size, device)
             test_accuracy, _ = accuracy_on(raw_model, test, device, amp_context(cfg, device))
-        meta = checkpoint_metadata(model_cfg, ds.classes, ds.frames_key, T, (H, W), cfg.method, ds.snapshot)
+        meta = checkpoint_metadata(
+            model_cfg,
+            ds.classes,
+            ds.frames_key,
+            T,
+            (H, W),
+            cfg.method,
+            ds.snapshot,
+            cfg.max_recordings_per_class,
+            cfg.seed,
+        )
         torch.save(
             {"model": {k: v.detach().cpu() for k, v in raw_model.state_dict().items()}, "meta": meta},
             out / "checkpoint.pt",

@@ -26,7 +26,9 @@ def train_config_values(
     """
     values: dict[str, Any] = {"progress_bar": False}
     values.update(overrides or {})
-    values.update(store=store, method=method, out=out, snapshot=snapshot, epochs=epochs)
+    values.update(store=store, method=method, out=out, snapshot=snapshot)
+    if epochs:  # 0: the trainer's own default and step budget
+        values["epochs"] = epochs
     return values
 
 
@@ -45,16 +47,24 @@ def train_flow(
     method: str = "tmkt",
     out: str = "runs/flow",
     snapshot: str | None = None,
-    epochs: int = 10,
+    epochs: int = 0,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``store`` at ``snapshot`` (default: the latest when the run starts).
 
-    ``overrides`` sets any other `tmkt.train.TrainConfig` field, e.g. ``{"batch_size": 32}``.
+    ``overrides`` sets any other `tmkt.train.TrainConfig` field, e.g. ``{"batch_size": 32}``;
+    ``epochs`` 0 keeps the TrainConfig default (raised on small sets to its ``min_steps`` budget).
     """
     logger = get_run_logger()
     pinned = DatasetReader(store, snapshot or None).snapshot_id
-    logger.info("training %s on %s at snapshot %s for %d epochs into %s", method, store, pinned, epochs, out)
+    logger.info(
+        "training %s on %s at snapshot %s for %s epochs into %s",
+        method,
+        store,
+        pinned,
+        epochs or "default",
+        out,
+    )
     result = train_task(train_config_values(store, method, out, pinned, epochs, overrides))
     logger.info(
         "done: val accuracy %s, test accuracy %s, %s steps",

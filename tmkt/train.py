@@ -199,7 +199,13 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     parser.add_argument("--out")
     parser.add_argument("--config", help="JSON or TOML file of TrainConfig keys")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"passes over the training set (default {TrainConfig.epochs}), raised on small sets until "
+        f"the run makes at least min_steps optimizer steps (default {TrainConfig.min_steps}; "
+        "min_steps=0 turns that off)",
+    )
     parser.add_argument("--backbone")
     parser.add_argument("--max-recordings-per-class", dest="max_recordings_per_class", type=int)
     parser.add_argument("--resume", action="store_true", default=None)

@@ -392,7 +392,7 @@ def test_bench_train_reports_every_backbone(tmp_path):
     )
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["frames_shape"] == [T, 2, H, W]
-    assert set(report["backbones"]) == {"small", "vgg_snn", "resnet18"}
+    assert set(report["backbones"]) == {"small", "cnn3", "vgg_snn", "resnet18"}
     for row in report["backbones"].values():
         assert row["samples_per_s"] > 0 and 0.0 <= row["data_wait_fraction"] < 1.0
 

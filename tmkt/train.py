@@ -75,7 +75,8 @@ class TrainConfig:
     tet_mse_weight: float = 0.0
     finetune_static_fraction: float = 0.5
     # model
-    backbone: str = "auto"  # vgg_snn | resnet18 | small; auto = vgg_snn on a GPU, small on a CPU
+    # vgg_snn | resnet18 | cnn3 | small; auto = vgg_snn on a GPU, cnn3 on a CPU (README "Results")
+    backbone: str = "auto"
     neuron: str = "lif"
     tau: float = 2.0
     surrogate: str = "atan"
@@ -486,7 +487,7 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
     ddp = setup_distributed(device_kind)
     device = resolve_device(cfg.device, ddp.local_rank)
     if cfg.backbone == "auto":  # recorded resolved, so result.json and checkpoints name the real model
-        cfg = dataclasses.replace(cfg, backbone="vgg_snn" if device.type == "cuda" else "small")
+        cfg = dataclasses.replace(cfg, backbone="vgg_snn" if device.type == "cuda" else "cnn3")
     torch.manual_seed(cfg.seed + ddp.rank)
     np.random.seed(cfg.seed + ddp.rank)
     random.seed(cfg.seed + ddp.rank)

@@ -179,8 +179,10 @@ def test_pure_event_term_adds_a_weighted_event_only_loss(tmp_path):
         # early in training the mixed sequences are mostly static, so the two terms differ
         assert row["event_cls"] != row["cls"]
     plain = tmp_path / "plain"
-    train(small_config(plain, method="tmkt", l_event=0.0), tiny_data(4))
+    train(small_config(plain, method="tmkt", l_event=0.0, epochs=3, val_every=0), tiny_data(4), tiny_data(4))
     assert all("event_cls" not in r for r in read_rows(plain))
+    # val_every=0: validated once, after the last epoch
+    assert [r["epoch"] for r in read_rows(plain) if "val_accuracy" in r] == [2]
     with pytest.raises(ValueError, match="with_events"):
         labels = torch.zeros(2, dtype=torch.int64)
         batch = SimpleNamespace(frames=torch.rand(2, T, 2, H, W), events=None, labels=labels)

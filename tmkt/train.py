@@ -6,7 +6,8 @@
 Configuration: the ``TrainConfig`` defaults, then ``--config FILE`` (JSON or TOML), then the named
 flags, then ``key=value`` overrides typed by the dataclass fields. Validation data is the store's
 "val" split (the split is made once, when the store is built, so every method and seed sees the same
-one); the "test" split, when the store has one, is evaluated once at the end.
+one), or with ``eval_split=unused`` every train/val recording the run does not train on; the "test"
+split, when the store has one, is evaluated once at the end.
 
 Outputs in ``out``: ``run.json`` (at start), ``metrics.jsonl`` (training rows every ``log_every``
 steps, a ``val_accuracy`` row per epoch), ``tb/`` (TensorBoard), ``ckpt.pt`` (resumable state every

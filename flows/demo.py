@@ -185,6 +185,7 @@ def train_methods(store: Path, runs: Path, args: argparse.Namespace) -> dict[str
             out=str(run_dir),
             seed=args.seed,
             epochs=epochs,
+            min_steps=0,  # the demo's budget is its epochs: a few minutes on a CPU
             backbone=backbone,
             batch_size=32,
             # the settings of the N-MNIST comparison (results/): digits must not be mirrored

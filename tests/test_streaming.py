@@ -212,6 +212,7 @@ def rss_run(store: str, out: str) -> None:
         backbone="small",
         width=0.25,
         epochs=1,
+        min_steps=0,
         batch_size=32,
         device="cpu",
         num_threads=1,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from storage.schema import SPLITS
+from tmkt.data import UNUSED
 from tmkt.models import ModelConfig, SpikingClassifier, build_model
 from tmkt.system import DEVICES
 
@@ -36,6 +37,8 @@ def checkpoint_metadata(
     size: tuple[int, int],
     method: str,
     snapshot: str,
+    max_recordings_per_class: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Primitive-only metadata saved beside the weights, so ``torch.load(weights_only=True)`` reads it."""
     return {
@@ -47,6 +50,9 @@ def checkpoint_metadata(
         "size": [int(size[0]), int(size[1])],
         "method": method,
         "store_snapshot": snapshot,
+        # the training subset, so that `tmkt eval --split unused` can take its complement
+        "max_recordings_per_class": int(max_recordings_per_class),
+        "seed": int(seed),
     }
 
 
@@ -98,10 +104,19 @@ def accuracy_on(
     return (correct / n if n else float("nan")), n
 
 
-def _load_split(reader, store: str | Path, split: str, frames_key: str):
+def _load_split(reader, store: str | Path, split: str, frames_key: str, meta: dict):
     """MixData of ``split``; all recordings (and a note) when that split is empty."""
     from tmkt.data import MixData
 
+    if split == UNUSED:
+        if reader.snapshot_id != meta["store_snapshot"]:
+            raise IncompatibleStore(
+                f"{store}: split 'unused' needs the snapshot the checkpoint trained on "
+                f"({meta['store_snapshot']}), got {reader.snapshot_id}"
+            )
+        subset = meta.get("max_recordings_per_class", 0) or None
+        data = MixData.from_store(store, reader.snapshot_id, UNUSED, frames_key, subset, meta.get("seed", 0))
+        return data, None
     if len(reader.split_indices(split)):
         return MixData.from_store(
             store, snapshot=reader.snapshot_id, split=split, frames_key=frames_key
@@ -151,7 +166,7 @@ def evaluate(
             f"{store}: frames {key} are T={spec.time_bins}, size={list(spec.size)}; "
             f"the checkpoint needs T={meta['T']}, size={meta['size']}"
         )
-    data, note = _load_split(reader, store, split, key)
+    data, note = _load_split(reader, store, split, key, meta)
     accuracy, n = accuracy_on(model, eval_loader(data, batch_size, dev), dev)
     return {
         "accuracy": accuracy,
@@ -169,7 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tmkt eval", description="Accuracy of a checkpoint on a store.")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--store", required=True)
-    parser.add_argument("--split", default="test", choices=SPLITS)
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=(*SPLITS, UNUSED),
+        help="which recordings; unused: every train/val recording the checkpoint did not train on "
+        "(needs the snapshot it trained on)",
+    )
     parser.add_argument("--snapshot", default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=DEVICES)

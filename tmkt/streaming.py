@@ -36,8 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.repo import is_url
-from storage.schema import SPLITS
-from tmkt.data import MixData, keep_per_class
+from tmkt.data import MixData, split_indices
 from tmkt.loader import LoaderConfig, MixedBatch, MixLoader
 
 #: Rows per Zarr call within a shard of a local store (4 chunks of 16): the shard is still read in
@@ -269,14 +268,14 @@ class StreamedData(MixData):
             raise ValueError("one label per event recording is required")
 
 
-def split_rows(reader, split: str, max_recordings_per_class: int | None, seed: int) -> np.ndarray:
+def split_rows(
+    reader, split: str, max_recordings_per_class: int | None, seed: int, frames_key: str | None = None
+) -> np.ndarray:
     """The store rows of ``split`` (after the per-class cap), ascending, as ``MixData.from_store`` picks."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    chosen = np.flatnonzero(np.asarray(reader.splits) == SPLITS.index(split))
-    if max_recordings_per_class is not None:
-        chosen = keep_per_class(chosen, np.asarray(reader.labels)[chosen], max_recordings_per_class, seed)
-    return chosen
+    recording = reader.frame_recordings(frames_key)
+    labels = np.asarray(reader.labels, dtype=np.int64)[recording]
+    splits = np.asarray(reader.splits)[recording]
+    return split_indices(splits, labels, split, max_recordings_per_class, seed, recording)
 
 
 def load_split(
@@ -294,7 +293,7 @@ def load_split(
     stream = stream or StreamConfig()
     reader = DatasetReader(path, snapshot=snapshot)
     key = frames_key or reader.default_frame_key()
-    rows = split_rows(reader, split, max_recordings_per_class, seed)
+    rows = split_rows(reader, split, max_recordings_per_class, seed, key)
     spec = reader.frame_spec(key)
     event_bytes = len(rows) * spec.time_bins * 2 * spec.size[0] * spec.size[1] * 2
     static_bytes = reader.n_images * spec.size[0] * spec.size[1]
@@ -315,7 +314,7 @@ def load_split(
     scale = _static_scale(frames, static_frames)
     return StreamedData(
         event_frames=frames,
-        event_labels=np.asarray(reader.labels, dtype=np.int64)[rows],
+        event_labels=np.asarray(reader.labels, dtype=np.int64)[reader.frame_recordings(key)[rows]],
         static_frames=static_frames,
         static_labels=np.asarray(reader.image_labels, dtype=np.int64),
         static_scale=scale,

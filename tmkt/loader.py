@@ -159,8 +159,14 @@ class _PairedFrames:
         T, (B, K) = self.time_steps, (len(index), self.shape[-2] * self.shape[-1])
         out = np.empty((B, *self.shape), dtype=np.float32)
         if mapping is not None and T:
-            events = self.events.reshape(len(self.events), 2 * T, K)
-            gather_pixels(events, index, mapping, out[:, :T].reshape(B, 2 * T, K))
+            events, rows = self.events, index
+            if not isinstance(events, np.ndarray):
+                # a stream's cursor hands out rows in its order, each valid until the next is asked for
+                events, rows = np.empty((B, T, *self.shape[1:]), dtype=np.uint16), np.arange(B)
+                for row, i in enumerate(index.tolist()):
+                    events[row] = self.events[i]
+            events = events.reshape(len(events), 2 * T, K)
+            gather_pixels(events, rows, mapping, out[:, :T].reshape(B, 2 * T, K))
         else:
             for row, i in enumerate(index.tolist() if T else []):
                 out[row, :T] = self.events[i]

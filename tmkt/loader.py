@@ -19,9 +19,11 @@ How one batch is made:
 3. DALI graph (``build_mix_graph``, one graph for CPU and GPU): crop with zero padding and mirror
    (unless the source map did them), the same for all ``T+1`` frames of a sample, and mix with
    ``sequence_rearrange`` by the frame order. That is ``out = s + (e - s) * mask`` for a 0/1 mask,
-   done as a copy: exact, and one pass over the batch. The cast and the static table belong to the
-   gather, which touches every value anyway: as separate DALI operators on the CPU they cost three
-   more passes, and the loader ran at half its speed.
+   done as a copy: exact, and one pass over the batch. With ``with_events`` (mode "mix") a second
+   ``sequence_rearrange`` of the same augmented frames, by the all-events order, gives each sample's
+   pure event sequence: the same crop, flip, source map and dropped steps as its mixed sequence.
+   The cast and the static table belong to the gather, which touches every value anyway: as separate
+   DALI operators on the CPU they cost three more passes, and the loader ran at half its speed.
 4. Outputs go to torch: shared through DLPack on the CPU (no copy), copied on the current stream
    through ``feed_ndarray`` on the GPU.
 

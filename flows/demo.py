@@ -187,6 +187,7 @@ DEMO_TRAINING: dict[str, Any] = {
     "l_mag": 0.1,
     "l_mrp": 0.1,
     "checkpoint_every": 0,
+    "min_steps": 0,  # the demo's budget is its epochs
 }
 
 

@@ -46,12 +46,13 @@ def train_flow(
     method: str = "tmkt",
     out: str = "runs/flow",
     snapshot: str | None = None,
-    epochs: int = 10,
+    epochs: int = 60,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``store`` at ``snapshot`` (default: the latest when the run starts).
 
     ``overrides`` sets any other `tmkt.config.TrainConfig` field, e.g. ``{"batch_size": 32}``.
+    ``epochs`` is the TrainConfig default, raised on small sets to its ``min_steps`` budget.
     """
     logger = get_run_logger()
     pinned = DatasetReader(store, snapshot or None).snapshot_id

@@ -9,10 +9,11 @@ set -uo pipefail
 OUT=${OUT:-gpu-results}
 STORE=${STORE:-data/nmnist}
 BUDGET=${EXPERIMENT_SECONDS:-300}
-EPOCHS=${EPOCHS:-30}
-BACKBONE=${BACKBONE:-small}
+EPOCHS=${EPOCHS:-60}
+BACKBONE=${BACKBONE:-cnn3}
 PARALLEL=${PARALLEL:-8}
-TRAIN_ARGS=${TRAIN_ARGS:-"lr=5e-3 batch_size=32 hflip=false"}  # = configs/nmnist-small.toml
+# the rest of configs/nmnist-small.toml are the TrainConfig defaults
+TRAIN_ARGS=${TRAIN_ARGS:-"eval_split=unused"}
 BENCH=${BENCH:-1}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1

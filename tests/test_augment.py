@@ -237,3 +237,25 @@ def test_train_keys_reach_the_loader():
     assert augment.crop_padding == cfg.crop_padding and augment.warps
     batch = next(iter(loader))
     assert batch.frames.shape == (20, 6, 2, 12, 10)
+
+
+def test_the_pure_event_sequence_gets_the_augmentation_of_its_mixed_sequence():
+    """``with_events``: the event sequence of each mixed sample goes through the same source map, crop,
+    flip and dropped steps as the mixed one, so the two differ only where statics were mixed in."""
+    data = make_data(n=40)
+    augment = EACH["all"]
+    loader = loader_for(data, mode="mix", augment=augment, with_events=True)
+    loader.set_ratio(0.5)
+    loader.set_epoch(1)
+    batches = list(loader)
+    rng = loader.epoch_rng(1)
+    for batch in batches:
+        expected = mix_batch_reference(data, batch.index.numpy(), 0.5, rng, augment, with_events=True)
+        assert torch.equal(batch.frames, expected.frames) and torch.equal(batch.events, expected.events)
+        event_steps = batch.mag.bool()
+        assert torch.equal(batch.events[event_steps], batch.frames[event_steps])
+    events = torch.cat([b.events for b in batches])
+    plain = torch.cat([plain_events(data, b.index.numpy()) for b in batches])
+    assert not torch.equal(events, plain), "the event sequences were augmented"
+    dropped = (events.flatten(2) == 0).all(-1)  # whole steps set to zero by the time drop
+    assert dropped.any() and not dropped.all()

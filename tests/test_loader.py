@@ -225,10 +225,33 @@ def test_modes_fix_the_targets_and_event_mode_needs_no_statics():
         LoaderConfig(mode="swap")
 
 
+def test_mixed_batches_can_carry_their_pure_event_sequence():
+    data = make_data(n=20)
+    crop = AugmentConfig(crop_padding=3, hflip=True)
+    plain = list(loader_for(data, mode="mix", augment=crop))
+    both = list(loader_for(data, mode="mix", augment=crop, with_events=True))
+    assert len(plain) == len(both) and all(b.events is None for b in plain)
+    for a, b in zip(plain, both, strict=True):
+        # the same draws: asking for the event sequence changes nothing else
+        assert torch.equal(a.frames, b.frames) and torch.equal(a.mag, b.mag)
+        event_steps = b.mag.bool()
+        assert torch.equal(b.events[event_steps], b.frames[event_steps])  # same crop and flip
+        assert (~event_steps).any()  # statics were mixed in, so the two sequences differ somewhere
+    unaugmented = next(iter(loader_for(data, mode="mix", with_events=True)))
+    want = data.event_frames[unaugmented.index.numpy()].astype(np.float32)
+    assert torch.equal(unaugmented.events, torch.from_numpy(want))
+    with pytest.raises(ValueError, match="with_events"):
+        LoaderConfig(mode="pair", with_events=True)
+
+
 # ---- from_store ----------------------------------------------------------------------------------
 
 
-def write_frames_store(path: Path, events: np.ndarray, labels, splits, statics, static_labels) -> str:
+def write_frames_store(
+    path: Path, events: np.ndarray, labels, splits, statics, static_labels, recording=None
+) -> str:
+    """A store of these frames; ``recording`` (one per frame row) makes them slices of recordings."""
+    from storage import layout
     from storage.schema import FrameSpec
     from storage.writer import Transaction
 
@@ -242,6 +265,8 @@ def write_frames_store(path: Path, events: np.ndarray, labels, splits, statics, 
         tx.root.require_group(f"frames/{spec.key}").attrs.update(spec.to_attrs())
         tx.create_array(f"frames/{spec.key}/events", events.shape, np.uint16)[:] = events
         tx.write_array(f"frames/{spec.key}/static", statics)
+        if recording is not None:
+            tx.write_array(layout.frame_recordings(spec.key), np.asarray(recording, np.int64))
         tx.root.attrs.update({"classes": ["a", "b", "c"], "frames_key": spec.key})
         return tx.commit("frames for the loader")
 
@@ -267,6 +292,69 @@ def test_from_store_reads_one_split_and_every_static(tmp_path):
     scarce = MixData.from_store(tmp_path / "store", split="train", max_recordings_per_class=1, seed=3)
     train_classes = np.unique(data.event_labels[splits == 0])
     assert sorted(scarce.event_labels.tolist()) == train_classes.tolist()
+
+
+def test_unused_split_is_every_train_and_val_recording_the_run_does_not_train_on(tmp_path):
+    from tmkt.data import split_indices
+
+    data = make_data(n=30, m=9)
+    splits = np.arange(30) % 3  # train, val, test in turn
+    write_frames_store(
+        tmp_path / "store",
+        data.event_frames,
+        data.event_labels,
+        splits,
+        data.static_frames,
+        data.static_labels,
+    )
+    for k, seed in ((1, 3), (2, 0)):
+        trained = split_indices(splits, data.event_labels, "train", k, seed)
+        unused = MixData.from_store(tmp_path / "store", split="unused", max_recordings_per_class=k, seed=seed)
+        expected = np.setdiff1d(np.flatnonzero(splits < 2), trained)  # the test split stays held out
+        assert len(expected) == 20 - len(trained)
+        np.testing.assert_array_equal(unused.event_frames, data.event_frames[expected])
+        np.testing.assert_array_equal(unused.event_labels, data.event_labels[expected])
+    # with every training recording used, what is left is the val split
+    all_used = split_indices(splits, data.event_labels, "unused", None, 0)
+    np.testing.assert_array_equal(all_used, np.flatnonzero(splits == 1))
+    with pytest.raises(ValueError, match="unknown split"):
+        split_indices(splits, data.event_labels, "holdout", None, 0)
+
+
+def test_unused_split_of_sliced_frames_leaves_out_every_slice_of_a_recording_trained_on(tmp_path):
+    """With sliced frames ``max_recordings_per_class`` counts samples; a recording one of whose
+    slices was trained on must not be measured on through its other slices."""
+    from storage.reader import DatasetReader
+    from tmkt.data import recordings_read, split_indices
+
+    n_recordings, per = 12, 3
+    recording = np.repeat(np.arange(n_recordings), per)  # 36 samples, 3 slices a recording
+    rec_splits, rec_labels = np.arange(n_recordings) % 3, np.arange(n_recordings) % 2
+    data = make_data(n=n_recordings * per, m=9)
+    labels = rec_labels[recording]
+    write_frames_store(
+        tmp_path / "store",
+        data.event_frames,
+        rec_labels,
+        rec_splits,
+        data.static_frames,
+        data.static_labels,
+        recording=recording,
+    )
+    splits = rec_splits[recording]
+    for k, seed in ((1, 0), (2, 5)):
+        trained = split_indices(splits, labels, "train", k, seed, recording)
+        assert len(trained) == 2 * k  # k samples per class
+        used = np.unique(recording[trained])
+        expected = np.flatnonzero((splits < 2) & ~np.isin(recording, used))
+        unused = MixData.from_store(tmp_path / "store", split="unused", max_recordings_per_class=k, seed=seed)
+        np.testing.assert_array_equal(unused.event_frames, data.event_frames[expected])
+        np.testing.assert_array_equal(unused.event_labels, labels[expected])
+        # the other slices of the recordings trained on are train samples too, and stay out
+        siblings = np.setdiff1d(np.flatnonzero(np.isin(recording, used)), trained)
+        assert len(siblings) and not np.isin(siblings, expected).any()
+        rows = recordings_read(DatasetReader(tmp_path / "store"), "unused", k, seed)
+        np.testing.assert_array_equal(rows, expected)  # the rule the streaming loader follows too
 
 
 # ---- real recordings -----------------------------------------------------------------------------

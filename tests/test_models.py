@@ -65,3 +65,12 @@ def test_width_scales_channels_and_bad_options_fail():
         ModelConfig(surrogate="relu")
     with pytest.raises(ValueError, match="expected input"):
         build_model(ModelConfig(), num_classes=K, T=T)(torch.rand(B, 2, 16, 16))
+
+
+def test_cnn3_is_three_conv_units_of_32_64_128_with_max_pooling():
+    model = build_model(ModelConfig(backbone="cnn3"), num_classes=K, T=T)
+    convs = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128] and model.backbone.out_channels == 128
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.backbone.modules()) == 3
+    x = torch.zeros(T, B, 2, 34, 34)
+    assert model.backbone(x).shape == (T, B, 128, 4, 4)  # 34 -> 17 -> 8 -> 4

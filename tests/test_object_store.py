@@ -125,6 +125,7 @@ def test_training_streams_from_s3(s3_store, tmp_path):
         out=str(tmp_path / "run"),
         backbone="small",
         epochs=2,
+        min_steps=0,  # exactly two epochs: the per-epoch coverage is under test
         batch_size=8,
         device="cpu",
         num_threads=1,
@@ -163,6 +164,7 @@ def torchrun(store: str, out: Path, *overrides: str) -> subprocess.CompletedProc
         str(out),
         "--epochs",
         "2",
+        "min_steps=0",
         "backbone=small",
         "batch_size=4",
         "lr=0.005",

@@ -117,7 +117,11 @@ def test_train_help_lists_every_config_key_with_type_default_and_meaning(capsys)
         line = f"  {spec.name} ({hints[spec.name].__name__}, default {spec.default!r}"
         assert line in text, spec.name
         assert spec.metadata["help"] and spec.metadata["help"] in text, spec.name
-    assert "--backbone {auto,small,vgg_snn,resnet18}" in text and "--device {auto,cpu,cuda}" in text
+    assert "--backbone {auto,small,cnn3,vgg_snn,resnet18}" in text and "--device {auto,cpu,cuda}" in text
+    # --epochs says how the budget is chosen, with the defaults of both fields
+    flat = " ".join(text.split())
+    budget = f"(default {TrainConfig.epochs}), raised on small sets until the run makes at least min_steps"
+    assert budget in flat and f"(default {TrainConfig.min_steps}; min_steps=0 turns that off)" in flat
 
 
 def test_an_unknown_train_key_is_one_line_with_a_suggestion_and_exit_2(capsys) -> None:

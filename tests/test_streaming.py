@@ -72,13 +72,21 @@ def loader(data, **overrides) -> StreamingLoader:
     return make_loader(data, LoaderConfig(**cfg))
 
 
+#: the crop and flip of the graph, and every augmentation (the gather through a source map)
+AUGMENTS = {
+    "crop+flip": AugmentConfig(crop_padding=2, hflip=True),
+    "all": AugmentConfig(crop_padding=2, hflip=True, roll=2, rotate=15, shear=10, cutout=3, drop_time=0.4),
+}
+
+
+@pytest.mark.parametrize("augment", list(AUGMENTS))
 @pytest.mark.parametrize("mode", ["mix", "event", "static", "pair"])
-def test_streamed_batches_equal_the_reference_on_the_same_data(stored, mode):
+def test_streamed_batches_equal_the_reference_on_the_same_data(stored, mode, augment):
     path, resident = stored
     data = streamed(path)
     assert data.static_scale == resident.static_scale  # the streamed sum gives the resident mean
     np.testing.assert_array_equal(data.event_labels, resident.event_labels)
-    augment = AugmentConfig(crop_padding=2, hflip=True)
+    augment = AUGMENTS[augment]
     stream_loader = loader(data, mode=mode, augment=augment)
     stream_loader.set_ratio(0.4)
     # the reference reads the resident copy at the indices the stream delivered, with the same draws
@@ -86,6 +94,24 @@ def test_streamed_batches_equal_the_reference_on_the_same_data(stored, mode):
         batches = assert_same_batches(resident, stream_loader, 0.4, augment, mode, epoch=epoch)
         seen = np.concatenate([b.index.numpy() for b in batches])
         assert sorted(seen.tolist()) == list(range(len(resident.event_labels)))
+
+
+def test_streamed_mixed_batches_carry_their_pure_event_sequence(stored):
+    """``with_events`` on a stream: the event sequence under the mixed one's draws, as resident."""
+    from tmkt.reference import mix_batch_reference
+
+    path, resident = stored
+    augment = AUGMENTS["all"]
+    stream_loader = loader(streamed(path), augment=augment, with_events=True)
+    stream_loader.set_ratio(0.4)
+    batches = list(stream_loader)
+    rng = stream_loader.epoch_rng(0)
+    for batch in batches:
+        expected = mix_batch_reference(resident, batch.index.numpy(), 0.4, rng, augment, with_events=True)
+        assert torch.equal(batch.frames, expected.frames) and torch.equal(batch.events, expected.events)
+        assert torch.equal(batch.events[batch.mag.bool()], batch.frames[batch.mag.bool()])
+        assert not torch.equal(batch.events, batch.frames)  # statics mixed in somewhere
+    assert sorted(np.concatenate([b.index.numpy() for b in batches]).tolist()) == list(range(40))
 
 
 def test_order_is_shuffled_by_shard_and_within_buffers_and_reproducible(stored):
@@ -212,6 +238,7 @@ def rss_run(store: str, out: str) -> None:
         backbone="small",
         width=0.25,
         epochs=1,
+        min_steps=0,
         batch_size=32,
         device="cpu",
         num_threads=1,

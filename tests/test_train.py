@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tmkt.config import TrainConfig, config_with, parse_args
+from tmkt.config import TrainConfig, budget_epochs, config_with, parse_args
 from tmkt.errors import BadCheckpoint
 from tmkt.evaluate import accuracy_on, eval_loader, load_checkpoint
 from tmkt.losses import cka_loss, tet_loss
@@ -55,6 +55,7 @@ def small_config(out: Path, **overrides) -> TrainConfig:
         out=str(out),
         backbone="small",
         epochs=2,
+        min_steps=0,  # these runs test the loop at exactly `epochs`; the budget rule has its own test
         batch_size=4,
         lr=5e-3,
         augment=False,
@@ -169,6 +170,49 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     cfg = small_config(Path(out), method="event", epochs=1, record_indices=True)
     train(cfg, tiny_data(n_per_class=8))
     torch.distributed.destroy_process_group()
+
+
+def test_pure_event_term_adds_a_weighted_event_only_loss(tmp_path):
+    out = tmp_path / "l_event"
+    result = train(small_config(out, method="tmkt", l_event=0.5, l_mag=0.1, l_mrp=0.2), tiny_data(4))
+    assert result["completed"] and result["steps"] == 4
+    for row in (r for r in read_rows(out) if "loss" in r):
+        total = row["cls"] + 0.1 * row["mag"] + 0.2 * row["mrp"] + 0.5 * row["event_cls"]
+        assert row["loss"] == pytest.approx(total, rel=1e-5)
+        # early in training the mixed sequences are mostly static, so the two terms differ
+        assert row["event_cls"] != row["cls"]
+    plain = tmp_path / "plain"
+    train(small_config(plain, method="tmkt", l_event=0.0, epochs=3, val_every=0), tiny_data(4), tiny_data(4))
+    assert all("event_cls" not in r for r in read_rows(plain))
+    # val_every=0: validated once, after the last epoch
+    assert [r["epoch"] for r in read_rows(plain) if "val_accuracy" in r] == [2]
+    with pytest.raises(ValueError, match="with_events"):
+        labels = torch.zeros(2, dtype=torch.int64)
+        batch = SimpleNamespace(frames=torch.rand(2, T, 2, H, W), events=None, labels=labels)
+        batch.mag, batch.mrp = torch.ones(2, T), torch.ones(2)
+        model = build_model(ModelConfig(), num_classes=2, T=T)
+        build_method(MethodConfig("tmkt", l_event=1.0)).loss(model, batch, 0.5)
+
+
+def test_default_budget_trains_a_tiny_store_for_at_least_min_steps(tmp_path):
+    """The rule: a run makes max(epochs * steps per epoch, min_steps) optimizer steps (whole epochs), so
+    with the defaults every store, however small, gets at least 240 steps."""
+    defaults = TrainConfig()
+    assert defaults.min_steps >= 240
+    assert budget_epochs(defaults, steps_per_epoch=4) == max(defaults.epochs, -(-defaults.min_steps // 4))
+    assert budget_epochs(defaults, steps_per_epoch=1000) == defaults.epochs  # large sets: epochs rule
+
+    data = tiny_data(n_per_class=3)  # 6 recordings: one step per epoch at the default batch size
+    assert len(data.event_labels) < defaults.batch_size
+    out = tmp_path / "defaults"
+    cfg = config_with(TrainConfig(), {"store": "", "out": str(out), "device": "cpu", "progress_bar": False})
+    # event-only and the small backbone keep the 240 steps quick; the budget rule is the same for all
+    cfg = config_with(cfg, {"method": "event", "backbone": "small", "checkpoint_every": 0, "log_every": 1000})
+    result = train(cfg, data)
+    assert result["completed"] and result["steps"] >= defaults.min_steps
+    assert result["steps"] == result["epochs"] == defaults.min_steps  # one step per epoch
+    recorded = json.loads((out / "run.json").read_text())["config"]
+    assert recorded["epochs"] == defaults.min_steps and recorded["min_steps"] == defaults.min_steps
 
 
 def test_ddp_two_processes_train_on_disjoint_shards(tmp_path):
@@ -300,6 +344,7 @@ def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
     out = tmp_path / "run"
     flags = ["--store", str(store), "--method", "tmkt", "--out", str(out), "--epochs", "6"]
     overrides = ["backbone=small", "batch_size=4", "lr=0.01", "augment=false", "device=cpu", "log_every=5"]
+    overrides += ["min_steps=0"]
     train_main(flags + overrides + ["progress_bar=false"])
     result = json.loads((out / "result.json").read_text())
     assert result["store_snapshot"] == snapshot
@@ -312,6 +357,9 @@ def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
     # every recording of the training store: the result counts the 16 it trained on
     on_all = evaluate(out / "checkpoint.pt", store, split="all")
     assert on_all["n"] == 24 and on_all["trained_on"] == 16
+    # "unused": what the run did not train on; with every training recording used, the val split
+    on_unused = evaluate(out / "checkpoint.pt", store, split="unused")
+    assert on_unused["n"] == 4 and on_unused["accuracy"] == result["val_accuracy"]
 
     # a store of the same classes and representation without a test split: an error, never a fallback
     other = tmp_path / "other"
@@ -327,6 +375,9 @@ def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(
         f"accuracy {printed['accuracy']:.4f} on 24 recordings of split 'all'"
     )
+
+    with pytest.raises(IncompatibleStore, match="snapshot the checkpoint trained on"):
+        evaluate(out / "checkpoint.pt", other, split="unused")
 
     renamed = tmp_path / "renamed"
     write_frames_store(renamed, data, splits, ["up", "down"])
@@ -362,7 +413,7 @@ def test_bench_train_reports_every_backbone(tmp_path):
     )
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["frames_shape"] == [T, 2, H, W]
-    assert set(report["backbones"]) == {"small", "vgg_snn", "resnet18"}
+    assert set(report["backbones"]) == {"small", "cnn3", "vgg_snn", "resnet18"}
     for row in report["backbones"].values():
         assert row["samples_per_s"] > 0 and 0.0 <= row["data_wait_fraction"] < 1.0
 

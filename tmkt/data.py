@@ -14,6 +14,13 @@ import numpy as np
 
 from storage.schema import SPLITS
 
+#: Pseudo-split for validation in data-scarcity runs: every recording of the train and val splits that
+#: the run with the same ``max_recordings_per_class`` and ``seed`` does not train on. With 10 of ~55
+#: N-MNIST recordings per class that is ~500 recordings (one is worth 0.2 points) instead of the 54
+#: of the val split (1.85 points each), so differences between methods are measured, not guessed.
+#: The test split is never part of it: it stays held out.
+UNUSED = "unused"
+
 
 def static_scale_of(event_frames: np.ndarray, static_frames: np.ndarray) -> float:
     """How many events a static pixel of 255 stands for: the scale at which the mean static frame
@@ -131,7 +138,8 @@ class MixData:
         Statics of all splits are usable: they are the source domain, never evaluated on.
         ``max_recordings_per_class`` keeps the first k recordings of each class after a shuffle
         seeded by ``seed`` (data-scarcity curves: the same seed gives nested subsets as k grows);
-        with sliced frames it counts samples.
+        with sliced frames it counts samples; with ``split="unused"`` it names the training subset whose
+        complement is returned.
         """
         from storage.reader import DatasetReader  # imported here: only this constructor needs it
 
@@ -162,17 +170,41 @@ def recordings_read(
 ) -> np.ndarray:
     """Rows of ``reader.event_frames(frames_key)`` of ``split`` that `MixData.from_store` reads with
     these arguments (a reader of `storage.reader`): what a data-scarce run trained on, so that reports
-    can evaluate on every other recording. One row per recording, or per sample when the frames slice
-    recordings (each sample has its recording's label and split)."""
-    code = SPLITS.index(split) if split in SPLITS else None
-    if code is None:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    can evaluate on every other recording (``UNUSED``). One row per recording, or per sample when the
+    frames slice recordings (each sample has its recording's label and split)."""
     recording = reader.frame_recordings(frames_key)
-    chosen = np.flatnonzero(np.asarray(reader.splits)[recording] == code)
+    labels = np.asarray(reader.labels, dtype=np.int64)[recording]
+    splits = np.asarray(reader.splits)[recording]
+    return split_indices(splits, labels, split, max_recordings_per_class, seed, recording)
+
+
+def split_indices(
+    splits: np.ndarray,
+    labels: np.ndarray,
+    split: str,
+    max_recordings_per_class: int | None,
+    seed: int,
+    recording: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sample indices of ``split`` (a store split or ``UNUSED``), sorted.
+
+    ``splits`` and ``labels`` hold one entry per sample; ``recording`` names each sample's recording
+    (sliced frames; default: one sample per recording). For a store split, ``max_recordings_per_class``
+    keeps k per class (``keep_per_class``); for ``UNUSED`` it selects the training subset, and what is
+    returned is every train/val sample of a recording that subset has no sample of: a slice of a
+    recording trained on would measure memory, not generalisation.
+    """
+    if split != UNUSED and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {(*SPLITS, UNUSED)}")
+    name = "train" if split == UNUSED else split
+    chosen = np.flatnonzero(splits == SPLITS.index(name))
     if max_recordings_per_class is not None:
-        labels = np.asarray(reader.labels, dtype=np.int64)[recording]
         chosen = keep_per_class(chosen, labels[chosen], max_recordings_per_class, seed)
-    return chosen
+    if split != UNUSED:
+        return chosen
+    recording = np.arange(len(splits)) if recording is None else np.asarray(recording)
+    pool = np.isin(splits, [SPLITS.index("train"), SPLITS.index("val")])
+    return np.flatnonzero(pool & ~np.isin(recording, recording[chosen]))
 
 
 def keep_per_class(indices: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -25,6 +25,7 @@ class MixedBatch:
     mag: torch.Tensor  # float32 [B, T]   (1 = event frame)
     mrp: torch.Tensor  # float32 [B]      (event fraction of the sequence)
     static: torch.Tensor | None = None  # mode "pair": the paired static sequence [B, T, 2, H, W]
+    events: torch.Tensor | None = None  # mode "mix" with_events: the pure event sequence [B, T, 2, H, W]
     index: torch.Tensor | None = None  # recording indices (epoch-coverage tests)
 
 

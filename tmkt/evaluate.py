@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from storage.schema import SPLITS
+from tmkt.data import UNUSED, recordings_read
 from tmkt.errors import BadCheckpoint, EmptySplit, IncompatibleStore, UserInputError
 from tmkt.models import ModelConfig, SpikingClassifier, build_model
 from tmkt.records import first_line, is_resume_state, read_checkpoint
@@ -33,8 +34,9 @@ from tmkt.system import DEVICES
 __all__ = ["EVAL_SPLITS", "IncompatibleStore", "evaluate", "load_checkpoint"]
 
 
-#: what ``--split`` accepts: a split of the store, or every recording
-EVAL_SPLITS = (*SPLITS, "all")
+#: what ``--split`` accepts: a split of the store, every train/val recording the checkpoint did not
+#: train on (``UNUSED``), or every recording
+EVAL_SPLITS = (*SPLITS, UNUSED, "all")
 
 
 def checkpoint_metadata(
@@ -45,6 +47,8 @@ def checkpoint_metadata(
     size: tuple[int, int],
     method: str,
     snapshot: str,
+    max_recordings_per_class: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Primitive-only metadata saved beside the weights, so ``torch.load(weights_only=True)`` reads it."""
     return {
@@ -56,6 +60,9 @@ def checkpoint_metadata(
         "size": [int(size[0]), int(size[1])],
         "method": method,
         "store_snapshot": snapshot,
+        # the training subset, so that `tmkt eval --split unused` can take its complement
+        "max_recordings_per_class": int(max_recordings_per_class),
+        "seed": int(seed),
     }
 
 
@@ -115,14 +122,27 @@ def accuracy_on(
     return (correct / n if n else float("nan")), n
 
 
-def split_rows(reader, split: str, frames_key: str) -> np.ndarray:
+def split_rows(reader, split: str, frames_key: str, meta: dict[str, Any] | None = None) -> np.ndarray:
     """Rows of ``reader.event_frames(frames_key)`` of ``split`` (every row for "all"): one per
-    recording, or per sample when the frames slice recordings. `EmptySplit` when there are none."""
+    recording, or per sample when the frames slice recordings. `EmptySplit` when there are none.
+
+    ``UNUSED`` takes the complement of the training subset recorded in the checkpoint's ``meta``,
+    which only means something on the snapshot the checkpoint trained on.
+    """
     if split not in EVAL_SPLITS:
         raise UserInputError(f"unknown split {split!r}; expected one of {', '.join(EVAL_SPLITS)}")
     recording = reader.frame_recordings(frames_key)
     if split == "all":
         rows = np.arange(len(recording))
+    elif split == UNUSED:
+        meta = meta or {}
+        if reader.snapshot_id != meta.get("store_snapshot"):
+            raise IncompatibleStore(
+                f"{reader.path}: split 'unused' needs the snapshot the checkpoint trained on "
+                f"({meta.get('store_snapshot')}), got {reader.snapshot_id}"
+            )
+        subset = meta.get("max_recordings_per_class", 0) or None
+        rows = recordings_read(reader, UNUSED, subset, meta.get("seed", 0), frames_key)
     else:
         rows = np.flatnonzero(np.asarray(reader.splits)[recording] == SPLITS.index(split))
     if not len(rows):
@@ -162,7 +182,7 @@ def evaluate(
     key = compatible_frames_key(reader, meta, store)
     spec = reader.frame_spec(key)
     if indices is None:
-        rows = split_rows(reader, split, key)
+        rows = split_rows(reader, split, key, meta)
     else:
         rows, split = np.asarray(indices, dtype=np.int64), "indices"
     recording = reader.frame_recordings(key)[rows]  # each sample lends its recording's label and split
@@ -236,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         "--split",
         default="test",
         choices=EVAL_SPLITS,
-        help="recordings to count (default test); 'all' counts every recording, training ones included",
+        help="recordings to count (default test); 'unused': every train/val recording the checkpoint "
+        "did not train on (needs the snapshot it trained on); 'all': every recording, training ones too",
     )
     parser.add_argument("--snapshot", default=None)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -2,7 +2,9 @@
 
 Every run is an ordinary `tmkt train` run (same trainer, same budget, its own folder with
 `result.json`, `metrics.jsonl` and `checkpoint.pt`). Methods are compared on the *validation*
-split; the test split, when the store has one, is only read for the final numbers. The report:
+split (``eval_split=unused``: on every train/val recording a run did not train on, ten times more
+at 10 recordings per class of N-MNIST); the test split, when the store has one, is only read for
+the final numbers. The report:
 
 - `results.md`: mean ± std over seeds per method (and per recordings-per-class budget), the number
   of recordings behind each split, and per method a sentence against `event` that says whether the
@@ -121,14 +123,26 @@ def write_report(out: Path, runs: list[Path]) -> dict[str, Any]:
     _plot_scarcity(summary, out / "scarcity.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "results.md").write_text(
-        "# Results\n\nValidation accuracy on event recordings only: mean ± sample standard deviation over "
-        "seeds, with the number of recordings (n) behind each split. Each method is compared with "
-        "`event` in words: a difference no larger than the spread over seeds is within noise, and a "
-        "win also needs Welch's t-test p < 0.05 (`tmkt/stats.py`).\n\n"
+        f"# Results\n\nAccuracy on event recordings only, on {_evaluated_on(runs)}: mean ± sample "
+        "standard deviation over seeds, with the number of recordings (n) behind each split. Each method "
+        "is compared with `event` in words: a difference no larger than the spread over seeds is within "
+        "noise, and a win also needs Welch's t-test p < 0.05 (`tmkt/stats.py`).\n\n"
         + "\n".join(sections)
         + "\n![curves](curves.png)\n\n![scarcity](scarcity.png)\n"
     )
     return summary
+
+
+def _evaluated_on(runs: list[Path]) -> str:
+    """What the runs' ``val_accuracy`` was measured on, from their recorded ``eval_split``."""
+    splits = {
+        json.loads((r / "result.json").read_text())["config"].get("eval_split", "val")
+        for r in runs
+        if (r / "result.json").is_file()
+    }
+    if splits == {"unused"}:
+        return "every train/val recording that each run did not train on (eval_split unused)"
+    return "the validation split" if splits == {"val"} else f"the splits {sorted(splits)}"
 
 
 def _budget_title(budget: str) -> str:

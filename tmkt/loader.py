@@ -19,9 +19,11 @@ How one batch is made:
 3. DALI graph (``build_mix_graph``, one graph for CPU and GPU): crop with zero padding and mirror
    (unless the source map did them), the same for all ``T+1`` frames of a sample, and mix with
    ``sequence_rearrange`` by the frame order. That is ``out = s + (e - s) * mask`` for a 0/1 mask,
-   done as a copy: exact, and one pass over the batch. The cast and the static table belong to the
-   gather, which touches every value anyway: as separate DALI operators on the CPU they cost three
-   more passes, and the loader ran at half its speed.
+   done as a copy: exact, and one pass over the batch. With ``with_events`` (mode "mix") a second
+   ``sequence_rearrange`` of the same augmented frames, by the all-events order, gives each sample's
+   pure event sequence: the same crop, flip, source map and dropped steps as its mixed sequence.
+   The cast and the static table belong to the gather, which touches every value anyway: as separate
+   DALI operators on the CPU they cost three more passes, and the loader ran at half its speed.
 4. Outputs go to torch: shared through DLPack on the CPU (no copy), copied on the current stream
    through ``feed_ndarray`` on the GPU.
 
@@ -63,6 +65,8 @@ class LoaderConfig:
     device: str = "auto"  # "cpu" | "cuda" | "auto"
     num_threads: int = 2
     prefetch: int = 2  # DALI prefetch queue depth; a new ratio reaches batches (prefetch - 1) later
+    # mode "mix": also emit each sample's pure event sequence (same crop and flip) as ``MixedBatch.events``
+    with_events: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -71,14 +75,23 @@ class LoaderConfig:
             raise ValueError(f"resident must be one of {RESIDENT}, got {self.resident!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.with_events and self.mode != "mix":
+            raise ValueError(f"with_events needs mode 'mix', got {self.mode!r}")
         if self.batch_size < 1 or self.num_threads < 1 or self.prefetch < 1:
             raise ValueError("batch_size, num_threads and prefetch must be >= 1")
 
 
 def build_mix_graph(
-    frames, host: dict, mode: str, shape: tuple[int, int], augment: AugmentConfig | None, to_gpu: bool
+    frames,
+    host: dict,
+    mode: str,
+    shape: tuple[int, int],
+    augment: AugmentConfig | None,
+    to_gpu: bool,
+    with_events: bool = False,
 ) -> list:
-    """The DALI operators for one batch: returns the output frames (+ the static sequence in "pair").
+    """The DALI operators for one batch: returns the output frames (+ the static sequence in "pair",
+    + the pure event sequence in "mix" ``with_events``).
 
     ``frames``: float32 ``[F, 2, H, W]`` per sample (``F`` as in ``frame_orders``), on the CPU or
     already on the GPU; ``host``: the CPU nodes ``order`` (from ``frame_orders``), ``offset`` and
@@ -104,6 +117,8 @@ def build_mix_graph(
     outputs = [fn.sequence_rearrange(frames, new_order=host["order"])]
     if mode == "pair":
         outputs.append(fn.sequence_rearrange(frames, new_order=host["static_order"]))
+    if with_events:
+        outputs.append(fn.sequence_rearrange(frames, new_order=host["event_order"]))
     return outputs
 
 
@@ -146,8 +161,14 @@ class _PairedFrames:
         T, (B, K) = self.time_steps, (len(index), self.shape[-2] * self.shape[-1])
         out = np.empty((B, *self.shape), dtype=np.float32)
         if mapping is not None and T:
-            events = self.events.reshape(len(self.events), 2 * T, K)
-            gather_pixels(events, index, mapping, out[:, :T].reshape(B, 2 * T, K))
+            events, rows = self.events, index
+            if not isinstance(events, np.ndarray):
+                # a stream's cursor hands out rows in its order, each valid until the next is asked for
+                events, rows = np.empty((B, T, *self.shape[1:]), dtype=np.uint16), np.arange(B)
+                for row, i in enumerate(index.tolist()):
+                    events[row] = self.events[i]
+            events = events.reshape(len(events), 2 * T, K)
+            gather_pixels(events, rows, mapping, out[:, :T].reshape(B, 2 * T, K))
         else:
             for row, i in enumerate(index.tolist() if T else []):
                 out[row, :T] = self.events[i]
@@ -243,6 +264,7 @@ class MixLoader:
         augment = cfg.augment if augment_active(cfg.augment) else None
         self._host_parts = ["order", "mag", "labels", "mrp", "index"]
         self._host_parts += ["static_order"] if cfg.mode == "pair" else []
+        self._host_parts += ["event_order"] if cfg.with_events else []
         in_graph = augment is not None and not augment.warps  # else the source map crops and mirrors
         self._host_parts += ["offset"] if in_graph and augment.crop_padding > 0 else []
         self._host_parts += ["flip"] if in_graph and augment.hflip else []
@@ -326,6 +348,7 @@ class MixLoader:
         parts = {
             "order": drop_steps(frame_orders(draws.cut, T, self.cfg.mode), draws.drop_time, zero),
             "static_order": drop_steps(np.full((len(index), T), T, dtype=np.int32), draws.drop_time, zero),
+            "event_order": drop_steps(frame_orders(draws.cut, T, "event"), draws.drop_time, zero),
             "mag": mag_targets(draws.cut, T),
             "offset": draws.offset,
             "flip": draws.flip,
@@ -379,7 +402,13 @@ class MixLoader:
                 device="gpu" if self.resident else "cpu",
             )
             outs = build_mix_graph(
-                frames, host, cfg.mode, data.frame_size, cfg.augment, to_gpu=on_gpu and not self.resident
+                frames,
+                host,
+                cfg.mode,
+                data.frame_size,
+                cfg.augment,
+                to_gpu=on_gpu and not self.resident,
+                with_events=cfg.with_events,
             )
             pipe.set_outputs(*outs, host["mag"], host["labels"], host["mrp"], host["index"])
         pipe.build()
@@ -387,11 +416,12 @@ class MixLoader:
 
     def _to_batch(self, outputs) -> MixedBatch:
         tensors = [_to_torch(out, self.device) for out in outputs]
-        if self.cfg.mode == "pair":
-            frames, static, mag, labels, mrp, index = tensors
-        else:
-            (frames, mag, labels, mrp, index), static = tensors, None
-        return MixedBatch(frames=frames, labels=labels, mag=mag, mrp=mrp, static=static, index=index)
+        static = tensors.pop(1) if self.cfg.mode == "pair" else None
+        events = tensors.pop(1) if self.cfg.with_events else None
+        frames, mag, labels, mrp, index = tensors
+        return MixedBatch(
+            frames=frames, labels=labels, mag=mag, mrp=mrp, static=static, events=events, index=index
+        )
 
 
 def _to_torch(tensor_list, device: str) -> torch.Tensor:

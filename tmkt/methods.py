@@ -40,6 +40,7 @@ class Method(Protocol):
     name: str
     mag_head: bool
     mrp_head: bool
+    wants_events: bool  # mode "mix" batches must carry their pure event sequence (loader with_events)
 
     def mode_for_epoch(self, epoch: int, epochs: int) -> str: ...
 
@@ -56,6 +57,7 @@ class EventOnly:
     tet_mse_weight: float = 0.0
     mag_head: bool = field(default=False, init=False)
     mrp_head: bool = field(default=False, init=False)
+    wants_events: bool = field(default=False, init=False)
 
     def mode_for_epoch(self, epoch: int, epochs: int) -> str:
         return "event"
@@ -95,6 +97,9 @@ class TimeStepMixup:
     l_mag: float = 1.0
     l_mrp: float = 1.0
     tet_mse_weight: float = 0.0
+    # weight of a second classification loss on the pure event sequence of the same batch (0 = off);
+    # the loader then emits it (``with_events``)
+    l_event: float = 0.0
 
     @property
     def mag_head(self) -> bool:
@@ -106,6 +111,11 @@ class TimeStepMixup:
 
     def mode_for_epoch(self, epoch: int, epochs: int) -> str:
         return "mix"
+
+    @property
+    def wants_events(self) -> bool:
+        """Whether the mixed batches must carry their pure event sequence too."""
+        return self.l_event > 0
 
     def on_step(self, loader, progress: float) -> float | None:
         r_m = self.schedule(progress)
@@ -125,6 +135,13 @@ class TimeStepMixup:
             term = mrp_loss(out.mrp, batch.mrp)
             total = total + self.l_mrp * term
             losses["mrp"] = term.detach()
+        if self.l_event:
+            if batch.events is None:
+                raise ValueError("l_event > 0 needs the loader's pure event sequence (with_events)")
+            # A forward pass of its own, so BatchNorm sees event-only batch statistics, as at evaluation.
+            term = tet_loss(model(time_major(batch.events)).logits, batch.labels, self.tet_mse_weight)
+            total = total + self.l_event * term
+            losses["event_cls"] = term.detach()
         return {"loss": total, **losses, "train_acc": batch_accuracy(out.logits, batch.labels)}
 
 
@@ -143,6 +160,7 @@ class He2024:
     tet_mse_weight: float = 0.0
     mag_head: bool = field(default=False, init=False)
     mrp_head: bool = field(default=False, init=False)
+    wants_events: bool = field(default=False, init=False)
 
     def mode_for_epoch(self, epoch: int, epochs: int) -> str:
         return "pair"
@@ -182,6 +200,7 @@ class MethodConfig:
     l_cka: float = 1.0
     finetune_static_fraction: float = 0.5
     tet_mse_weight: float = 0.0
+    l_event: float = 1.0  # tmkt/tsm*: CE on each mixed batch's pure event sequence; 0 = off
 
     def __post_init__(self) -> None:
         if self.name not in METHOD_NAMES:
@@ -194,7 +213,7 @@ def build_method(config: MethodConfig) -> Method:
     heads = {"tmkt": (True, True), "tsm": (False, False), "tsm+mag": (True, False), "tsm+mrp": (False, True)}
     if c.name in heads:
         mag, mrp = heads[c.name]
-        return TimeStepMixup(c.name, c.schedule, mag, mrp, c.l_mag, c.l_mrp, c.tet_mse_weight)
+        return TimeStepMixup(c.name, c.schedule, mag, mrp, c.l_mag, c.l_mrp, c.tet_mse_weight, c.l_event)
     if c.name == "event":
         return EventOnly(tet_mse_weight=c.tet_mse_weight)
     if c.name == "finetune":

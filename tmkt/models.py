@@ -89,12 +89,16 @@ def conv_bn_spike(cin: int, cout: int, cfg: ModelConfig, stride: int = 1) -> nn.
     )
 
 
-def _pool() -> nn.Module:
-    return layer.SeqToANNContainer(nn.AvgPool2d(2))
+def _pool(kind: str) -> nn.Module:
+    """2x2 pooling of a plan: "P" averages (VGG-SNN), "M" takes the maximum."""
+    return layer.SeqToANNContainer(nn.AvgPool2d(2) if kind == "P" else nn.MaxPool2d(2))
 
 
 class VGGBackbone(nn.Module):
-    """VGG-SNN of He et al. 2024 / TET: 64,128,P,256,256,P,512,512,P,512,512,P (P = avg-pool 2)."""
+    """VGG-SNN of He et al. 2024 / TET: 64,128,P,256,256,P,512,512,P,512,512,P (P = avg-pool 2).
+
+    Other plans may use M (max-pool 2).
+    """
 
     PLAN: tuple = (64, 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P")
 
@@ -103,8 +107,8 @@ class VGGBackbone(nn.Module):
         blocks: list[nn.Module] = []
         cin = in_channels
         for item in plan or self.PLAN:
-            if item == "P":
-                blocks.append(_pool())
+            if item in ("P", "M"):
+                blocks.append(_pool(item))
             else:
                 cout = _ch(item, cfg.width)
                 blocks.append(conv_bn_spike(cin, cout, cfg))
@@ -121,6 +125,14 @@ class SmallBackbone(VGGBackbone):
 
     def __init__(self, cfg: ModelConfig, in_channels: int = 2) -> None:
         super().__init__(cfg, in_channels, plan=(16, "P", 32, "P", 64))
+
+
+class Conv3Backbone(VGGBackbone):
+    """Three conv units of 32, 64 and 128 channels, each followed by 2x2 max pooling: the net of a
+    plain spiking-CNN script for N-MNIST, kept as a backbone to compare against on equal terms."""
+
+    def __init__(self, cfg: ModelConfig, in_channels: int = 2) -> None:
+        super().__init__(cfg, in_channels, plan=(32, "M", 64, "M", 128, "M"))
 
 
 class SpikingBasicBlock(nn.Module):
@@ -166,6 +178,7 @@ class ResNet18Backbone(nn.Module):
 #: Backbone constructors by name: ``(cfg, in_channels) -> module`` with ``out_channels``.
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "small": SmallBackbone,
+    "cnn3": Conv3Backbone,
     "vgg_snn": VGGBackbone,
     "resnet18": ResNet18Backbone,
 }

@@ -80,6 +80,7 @@ def mix_batch_reference(
     *,
     mode: str = "mix",
     draws: Draws | None = None,
+    with_events: bool = False,
 ) -> MixedBatch:
     """One batch as the method defines it, on the CPU.
 
@@ -89,8 +90,11 @@ def mix_batch_reference(
     and the MAG / MRP targets. ``draws`` (or the state of ``rng``) fixes every random choice, so the
     loader fed the same draws must return the same tensors. Modes as in ``LoaderConfig.mode``.
     The augmentations of ``tmkt.augment`` act before the crop (the source map, on events and static
-    alike) and after the mix (time drop, on every sequence of the sample).
+    alike) and after the mix (time drop, on every sequence of the sample). ``with_events`` (mode "mix")
+    also returns each sample's event sequence under the same augmentation, as ``events``.
     """
+    if with_events and mode != "mix":
+        raise ValueError(f"with_events needs mode 'mix', got {mode!r}")
     indices = np.asarray(indices, dtype=np.int64)
     T = data.time_steps
     if draws is None:
@@ -122,5 +126,6 @@ def mix_batch_reference(
         mag=torch.from_numpy(mag_targets(draws.cut, T)),
         mrp=torch.from_numpy(mrp_targets(draws.cut, T)),
         static=static_seq if mode == "pair" else None,
+        events=zero_steps(events, draws.drop_time) if with_events else None,
         index=torch.from_numpy(indices),
     )

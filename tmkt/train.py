@@ -8,7 +8,9 @@ then the named flags, then ``key=value`` overrides typed by the dataclass fields
 lists every key. Run records are `tmkt.records`, device and RNG helpers `tmkt.system`; this module is
 the loop. Validation data is the store's
 "val" split (the split is made once, when the store is built, so every method and seed sees the same
-one); the "test" split, when the store has one, is evaluated once at the end.
+one), or with ``eval_split=unused`` every train/val recording the run does not train on; the "test"
+split, when the store has one, is evaluated once at the end. The budget is ``epochs``, raised on small
+sets to ``min_steps`` optimizer steps (`tmkt.config.budget_epochs`).
 
 Outputs in ``out``: ``run.json`` (at start), ``metrics.jsonl`` (training rows every ``log_every``
 steps, a ``val_accuracy`` row per epoch), ``tb/`` (TensorBoard), ``ckpt.pt`` (resumable state every
@@ -37,7 +39,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from tmkt.augment import AugmentConfig
-from tmkt.config import TrainConfig, parse_args
+from tmkt.config import TrainConfig, budget_epochs, parse_args
+from tmkt.data import UNUSED
 from tmkt.evaluate import accuracy_on, checkpoint_metadata, eval_loader
 from tmkt.methods import Method, build_method, require_statics
 from tmkt.models import build_model
@@ -98,8 +101,10 @@ class Datasets:
     frames_key: str
 
 
-def _split_or_none(path: str, snapshot: str, split: str, frames_key: str | None, stream: StreamConfig):
-    data = load_split(path, snapshot=snapshot, split=split, frames_key=frames_key, stream=stream)
+def _split_or_none(
+    path: str, snapshot: str, split: str, frames_key: str | None, stream: StreamConfig, **subset: Any
+):
+    data = load_split(path, snapshot=snapshot, split=split, frames_key=frames_key, stream=stream, **subset)
     return data if len(data.event_labels) else None
 
 
@@ -120,7 +125,11 @@ def load_datasets(cfg: TrainConfig) -> Datasets:
         stream=stream,
     )
     counts = {name: len(reader.split_indices(name)) for name in ("val", "test")}
-    val = _split_or_none(cfg.store, snapshot, "val", key, stream) if counts["val"] else None
+    if cfg.eval_split == UNUSED:  # the complement of the training subset drawn above
+        subset = {"max_recordings_per_class": cfg.max_recordings_per_class or None, "seed": cfg.seed}
+        val = _split_or_none(cfg.store, snapshot, UNUSED, key, stream, **subset)
+    else:
+        val = _split_or_none(cfg.store, snapshot, "val", key, stream) if counts["val"] else None
     test = _split_or_none(cfg.store, snapshot, "test", key, stream) if counts["test"] else None
     return Datasets(train, val, test, snapshot, reader.classes, key)
 
@@ -131,7 +140,9 @@ def in_memory_datasets(data, val_data, test_data) -> Datasets:
     return Datasets(data, val_data, test_data, snapshot, classes, getattr(data, "frames_key", "") or "")
 
 
-def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.device):
+def train_loader(
+    data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.device, with_events: bool = False
+):
     from tmkt.loader import LoaderConfig
 
     augment = AugmentConfig.from_fields(cfg)
@@ -145,6 +156,7 @@ def train_loader(data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.dev
         drop_last=ddp.world_size > 1,
         device=device.type,
         num_threads=cfg.num_threads,
+        with_events=with_events and mode == "mix",
     )
     return make_loader(data, lcfg, rank=ddp.rank, world_size=ddp.world_size)
 
@@ -202,7 +214,7 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
     ddp = setup_distributed(device_kind(cfg.device))
     device = resolve_device(cfg.device, ddp.local_rank)
     if cfg.backbone == "auto":  # recorded resolved, so result.json and checkpoints name the real model
-        cfg = dataclasses.replace(cfg, backbone="vgg_snn" if device.type == "cuda" else "small")
+        cfg = dataclasses.replace(cfg, backbone="vgg_snn" if device.type == "cuda" else "cnn3")
     seed_all(cfg.seed + ddp.rank)
     out = Path(cfg.out)
     # a user's mistake (store, resume without checkpoint, method without statics) writes nothing
@@ -222,15 +234,24 @@ def train(cfg: TrainConfig, data=None, val_data=None, test_data=None) -> dict[st
 
 
 def prepare(cfg: TrainConfig, ddp: Dist, device: torch.device, out: Path, ds: Datasets) -> Run:
-    """The method, the model on ``device``, its optimizer, and one loader per loader mode."""
+    """The method, the model on ``device``, its optimizer, and one loader per loader mode.
+
+    ``epochs`` is resolved here by the budget rule, like the backbone, so that run.json, ckpt.pt and
+    result.json record the epochs actually run.
+    """
     T = ds.train.event_frames.shape[1]
     method = build_method(cfg.method_config())
     require_statics(method, cfg.epochs, len(ds.train.static_frames), cfg.store)
     raw_model = build_model(cfg.model_config(method.mag_head, method.mrp_head), ds.train.num_classes, T)
     raw_model = raw_model.to(device)
     optimizer = make_optimizer(raw_model, cfg)
+    first = method.mode_for_epoch(0, cfg.epochs)
+    loaders = {first: train_loader(ds.train, cfg, first, ddp, device, method.wants_events)}
+    cfg = dataclasses.replace(cfg, epochs=budget_epochs(cfg, len(loaders[first])))
     modes = [method.mode_for_epoch(e, cfg.epochs) for e in range(cfg.epochs)]
-    loaders = {mode: train_loader(ds.train, cfg, mode, ddp, device) for mode in dict.fromkeys(modes)}
+    for mode in dict.fromkeys(modes):
+        if mode not in loaders:
+            loaders[mode] = train_loader(ds.train, cfg, mode, ddp, device, method.wants_events)
     epoch_steps = [len(loaders[m]) for m in modes]
     return Run(cfg, ddp, device, out, ds, method, raw_model, optimizer, loaders, modes, epoch_steps)
 
@@ -280,7 +301,8 @@ def save_checkpoint(run: Run, progress: Progress) -> None:
 
 
 def train_epochs(run: Run, progress: Progress) -> None:
-    """Epochs from ``progress`` on, validating after each, until the last or ``max_steps``."""
+    """Epochs from ``progress`` on, validating every ``val_every`` and after the last, until the last
+    or ``max_steps``."""
     from tqdm import tqdm
 
     cfg = run.cfg
@@ -291,7 +313,9 @@ def train_epochs(run: Run, progress: Progress) -> None:
         progress.stopped = train_epoch(run, progress, bar)
         if progress.stopped:
             break
-        if run.val is not None and run.ddp.is_main:
+        last = progress.epoch == cfg.epochs - 1
+        due = last or (cfg.val_every and (progress.epoch + 1) % cfg.val_every == 0)
+        if run.val is not None and run.ddp.is_main and due:
             validate(run, progress, bar)
         progress.epoch, progress.position = progress.epoch + 1, 0
         if cfg.max_steps and progress.step >= cfg.max_steps:
@@ -377,7 +401,17 @@ def finish(run: Run, progress: Progress) -> dict[str, Any]:
         test_accuracy, n_test = accuracy_on(run.raw_model, test, device, amp_context(cfg.amp, device))
     T, _, H, W = ds.train.event_frames.shape[1:]
     model_cfg = cfg.model_config(run.method.mag_head, run.method.mrp_head)
-    meta = checkpoint_metadata(model_cfg, ds.classes, ds.frames_key, T, (H, W), cfg.method, ds.snapshot)
+    meta = checkpoint_metadata(
+        model_cfg,
+        ds.classes,
+        ds.frames_key,
+        T,
+        (H, W),
+        cfg.method,
+        ds.snapshot,
+        cfg.max_recordings_per_class,
+        cfg.seed,
+    )
     save_weights(run.out, run.raw_model, meta)
     result = {
         "method": cfg.method,

@@ -33,7 +33,7 @@ def test_train_prints_validation_accuracy_each_epoch(tmp_path, built):  # noqa: 
     out = tmp_path / "run"
     ran = tmkt(
         tmp_path, "train", "--store", str(built / "store"), "--method", "event", "--out", str(out),
-        "--epochs", "2", "backbone=small", "batch_size=8", "device=cpu", "checkpoint_every=0",
+        "--epochs", "2", "min_steps=0", "backbone=small", "batch_size=8", "device=cpu", "checkpoint_every=0",
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

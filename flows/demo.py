@@ -186,6 +186,7 @@ DEMO_TRAINING: dict[str, Any] = {
     "ratio_end": 1.0,
     "l_mag": 0.1,
     "l_mrp": 0.1,
+    "l_event": 1.0,  # tmkt also learns from each batch's pure event sequence (README, Results)
     "checkpoint_every": 0,
     "min_steps": 0,  # the demo's budget is its epochs
 }

@@ -2,7 +2,7 @@
 
 Small DVS classification sets at 34x34 or 48x48 with T=10 take a few hundred MB as uint16 at most,
 so the whole training split is held in host memory (or on the GPU, see ``tmkt.loader``): reading
-single samples from Zarr in the hot loop costs milliseconds each (DESIGN section 9).
+single samples from Zarr in the hot loop costs milliseconds each (1-5 ms a call).
 """
 
 from __future__ import annotations

@@ -27,11 +27,11 @@ How one batch is made:
 4. Outputs go to torch: shared through DLPack on the CPU (no copy), copied on the current stream
    through ``feed_ndarray`` on the GPU.
 
-DALI pitfalls handled here (DESIGN section 9): the last partial batch is fed as a smaller batch
-(a source that raised StopIteration mid-batch would drop it); all random integers come from the
-host, never from DALI's integer ``random.uniform`` (its range includes the upper end); sources return
-numpy arrays, never numpy scalars. Sources are not ``parallel``: the host work per batch is one
-gather and a few tiny draws, which spawned workers would only slow down with copies.
+DALI 2.4 pitfalls handled here: the last partial batch is fed as a smaller batch (a source that
+raised StopIteration mid-batch would drop it); all random integers come from the host, never from
+DALI's integer ``random.uniform`` (its range includes the upper end); sources return numpy arrays,
+never numpy scalars. Sources are not ``parallel``: the host work per batch is one gather and a few
+tiny draws, which spawned workers would only slow down with copies.
 """
 
 from __future__ import annotations

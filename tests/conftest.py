@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,17 @@ def _group_alive(pgid: int) -> bool:
 def tmkt_command(*args: str) -> list[str]:
     """`tmkt ARGS` through this interpreter (the same venv, no PATH lookup)."""
     return [sys.executable, "-m", "flows.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A Dask client on the builds' own two-worker `local_cluster`, shared by a module's builds."""
+    from distributed import Client
+
+    from pipelines.build import local_cluster
+
+    with local_cluster(2) as cluster, Client(cluster) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -24,17 +24,6 @@ needs_real = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
-
-
 def copy_subset(dst: Path, per_class: int) -> list[Path]:
     """The first ``per_class`` real N-MNIST recordings of each digit, in the download's layout."""
     copied = []

@@ -490,17 +490,6 @@ def test_unreadable_class_folder_is_reported_not_dropped():
     assert listing["events"] == [["c0/r.aedat4", ""], ["c1", "folder cannot be read: Permission denied"]]
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_build_quarantines_hostile_files_and_commits_the_rest(tmp_path, client):

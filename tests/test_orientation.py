@@ -64,17 +64,6 @@ def test_writer_uses_jaer_dvs128_address_convention(tmp_path):
     np.testing.assert_array_equal(back, events)
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
-
-
 def build_frames(tmp_path, client, source: str, class_name: str) -> tuple[np.ndarray, DatasetReader]:
     raw = tmp_path / source / "raw"
     (raw / class_name).mkdir(parents=True)

@@ -107,17 +107,6 @@ def test_nmnist_test_counts_are_the_real_mnist_test_labels(real_data_dir):
     assert [per_digit[str(d)] for d in range(10)] == np.bincount(labels).tolist()
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
-
-
 def store_info(store: Path, capsys) -> str:
     from flows.cli import main
 

@@ -34,17 +34,6 @@ def test_cli_flag_reaches_the_build_config():
     assert BuildConfig(source="folder", raw="r", store="s").frame_spec().key == FrameSpec(size=(48, 48)).key
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
-
-
 def test_window_build_stores_window_frames_under_their_own_key(tmp_path, client):
     raw = tmp_path / "raw"
     for name, seed, duration in (("a/short.aedat", 0, 90_000), ("b/long.aedat", 1, 900_000)):

@@ -10,11 +10,20 @@ flipped byte does.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import zarr
 
 from storage.repo import read_error_line
+
+
+def arrays_below(group: Any) -> Iterator[Any]:
+    """Every Zarr array in ``group`` and its subgroups: what a snapshot's digests cover."""
+    for _, member in group.members(max_depth=None):
+        if isinstance(member, zarr.Array):
+            yield member
 
 
 def part_rows(array: Any) -> int:

@@ -111,7 +111,7 @@ def writer_lock(path: str | Path) -> Iterator[None]:
     if entry is None:
         lock_path = Path(key + ".lock")
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_path, "w")  # noqa: SIM115 - held across the yield, closed below
+        handle = open(lock_path, "w")  # held across the yield, closed below
         fcntl.flock(handle, fcntl.LOCK_EX)  # waits for another process's build
         with _HELD_GUARD:
             entry = _HELD[key] = [handle, 1]
@@ -126,14 +126,6 @@ def writer_lock(path: str | Path) -> Iterator[None]:
         if last:
             fcntl.flock(entry[0], fcntl.LOCK_UN)
             entry[0].close()
-
-
-def branch_tip(path: str | Path) -> str | None:
-    """The snapshot the store's branch points at, or None when there is no store yet."""
-    try:
-        return open_repository(path).lookup_branch(BRANCH)
-    except StoreNotFound:
-        return None
 
 
 def read_error_line(err: BaseException) -> str:

@@ -10,10 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from storage import layout
-from storage.digests import check_array
+from storage.digests import arrays_below, check_array
 from storage.reader import DatasetReader
 from storage.repo import CorruptStore, read_error_line
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
@@ -84,10 +83,7 @@ def _check_digests(reader: DatasetReader) -> list[str]:
     if not isinstance(records, dict):
         return ["digests: none recorded at build time (rebuild the store to make it verifiable)"]
     faults = []
-    present = {}
-    for _, member in reader.root.members(max_depth=None):
-        if isinstance(member, zarr.Array):
-            present[member.path] = member
+    present = {array.path: array for array in arrays_below(reader.root)}
     for name in sorted(set(present) - set(records)):
         faults.append(f"{name}: array not written by the build (no digest recorded)")
     for name, record in sorted(records.items()):

@@ -11,7 +11,7 @@ half-way leaves the previous snapshot as it was.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from storage import layout
-from storage.digests import array_record, digest_parts, hash_array, part_count, part_rows
+from storage.digests import array_record, arrays_below, digest_parts, hash_array, part_count, part_rows
 from storage.repo import BRANCH, StoreConflict, open_repository, writer_lock
 from storage.schema import FrameSpec
 
@@ -186,18 +186,12 @@ class Transaction:
     def _records(self, root: zarr.Group) -> dict[str, Any]:
         """Digest records of every array; arrays written outside the targets are hashed here."""
         records = {}
-        for array in _arrays(root):
+        for array in arrays_below(root):
             parts = dict(self._parts.get(array.path, {}))
             if len(parts) < part_count(array):
                 parts = hash_array(array)
             records[array.path] = array_record(array, parts)
         return records
-
-
-def _arrays(group: zarr.Group) -> Iterator[zarr.Array]:
-    for _, member in group.members(max_depth=None):
-        if isinstance(member, zarr.Array):
-            yield member
 
 
 def _check_parent(repo: Any, tip: str, expected: str | None, path: str | Path) -> None:

@@ -6,6 +6,7 @@ Reads are bulk: the hot loop of training never calls into Zarr per sample, since
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import zarr
 
 from storage import layout
+from storage.bulk import ShardRows
 from storage.repo import BRANCH, CorruptStore, StoreNotFound, open_repository, unreadable_snapshot
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
 
@@ -40,6 +42,7 @@ class DatasetReader:
         #: the Icechunk session of the snapshot: ``session.store`` is a Zarr store (xarray, zarr)
         self.session = session
         self.snapshot_id: str = session.snapshot_id
+        self._bulk_readers: dict[str, ShardRows | None] = {}
         try:
             self.root = zarr.open_group(session.store, mode="r")
         except zarr.errors.GroupNotFoundError:
@@ -158,20 +161,36 @@ class DatasetReader:
         """uint16 ``[S, T, 2, H, W]`` binned counts (all samples, or ``indices``); one sample per
         recording unless the frames slice recordings (see ``frame_recordings``).
 
-        ``indices`` are read as one row range per stored shard, then picked: Zarr's orthogonal
-        selection over a split's indices peaked at about 60 times the size of its result (2.9 GB of
-        RSS for 48 MB of N-MNIST frames at 48x48).
+        Read a whole shard at a time (`event_frames_into`): Zarr's orthogonal selection over a
+        split's indices peaked at about 60 times the size of its result (2.9 GB of RSS for 48 MB of
+        N-MNIST frames at 48x48).
         """
         array = self._events_array(key)
-        if indices is None:
-            return array[:]
-        indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), *array.shape[1:]), dtype=array.dtype)
-        shard = indices // int((array.shards or array.chunks)[0])
+        rows = np.arange(array.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+        return self.event_frames_into(rows, out, key)
+
+    def event_frames_into(
+        self,
+        rows: np.ndarray,
+        out: np.ndarray,
+        key: str | None = None,
+        pool: Executor | None = None,
+        then: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``out[i]`` = frames of row ``rows[i]``, decoded a whole shard at a time (`storage.bulk`;
+        decoding on ``pool`` when given, while the shards of ``then``, the next call's rows, are
+        fetched); stores of another layout are read by Zarr per shard."""
+        bulk = self._bulk(key or self.default_frame_key())
+        if bulk is not None:
+            return bulk.read(rows, out, pool, then)
+        array = self._events_array(key)
+        rows = np.asarray(rows, dtype=np.int64)
+        shard = rows // int((array.shards or array.chunks)[0])
         for s in np.unique(shard):
             where = np.flatnonzero(shard == s)
-            start, stop = int(indices[where].min()), int(indices[where].max()) + 1
-            out[where] = array[start:stop][indices[where] - start]
+            start, stop = int(rows[where].min()), int(rows[where].max()) + 1
+            out[where] = array[start:stop][rows[where] - start]
         return out
 
     def frames_shard_rows(self, key: str | None = None) -> int:
@@ -179,12 +198,15 @@ class DatasetReader:
         array = self._events_array(key)
         return int((array.shards or array.chunks)[0])
 
-    def event_frames_range(self, start: int, stop: int, key: str | None = None) -> np.ndarray:
-        """uint16 ``[stop - start, T, 2, H, W]``: consecutive rows in one bulk read (streaming by shard)."""
-        return self._events_array(key)[start:stop]
-
     def _events_array(self, key: str | None) -> zarr.Array:
         return self.root[layout.event_frames(self._frames_key(key))]
+
+    def _bulk(self, key: str) -> ShardRows | None:
+        """The whole-shard reader of ``key``'s event frames, opened once: opening a Zarr array reads
+        its metadata from the store (milliseconds, on every call of a streaming loop otherwise)."""
+        if key not in self._bulk_readers:
+            self._bulk_readers[key] = ShardRows.of(self._events_array(key))
+        return self._bulk_readers[key]
 
     def static_frames(self, key: str | None = None) -> np.ndarray:
         """uint8 ``[M, H, W]`` static images at the frames' size."""

@@ -183,6 +183,35 @@ def test_leaving_an_epoch_early_then_a_full_epoch(stored):
     np.testing.assert_array_equal(seen, stream_loader.shard(0))
 
 
+def test_a_finished_epoch_reads_the_next_epochs_first_buffer_ahead(stored):
+    """The read ahead is used when the next epoch is the one planned, and dropped otherwise (the
+    rows it delivers are checked against the resident copy in the exactness test's epoch 1)."""
+    path, _ = stored
+    data = streamed(path, buffer_shards=2)
+    stream, stream_loader = data.event_frames, loader(data, batch_size=4)
+    reads, read = [], stream.read
+    stream.read = lambda indices, out=None, then=None: (
+        reads.append(np.asarray(indices).copy()) or read(indices, out, then)
+    )
+
+    def epoch(k: int) -> list[np.ndarray]:
+        stream_loader.set_epoch(k)
+        batches = list(stream_loader)
+        stream_loader._cursor._thread.join()  # the read ahead has finished
+        got = np.concatenate([b.index.numpy() for b in batches])
+        np.testing.assert_array_equal(got, stream_loader.shard(k))
+        return list(reads)
+
+    def same(got, expected):
+        assert len(got) == len(expected) and all(map(np.array_equal, got, expected))
+
+    same(epoch(0), [*stream_loader.buffers(0), stream_loader.buffers(1)[0]])
+    reads.clear()
+    same(epoch(1), [*stream_loader.buffers(1)[1:], stream_loader.buffers(2)[0]])
+    reads.clear()
+    same(epoch(5), [*stream_loader.buffers(5), stream_loader.buffers(6)[0]])  # not epoch 2: all read
+
+
 # ---- bounded memory ------------------------------------------------------------------------------
 
 RSS_T, RSS_SIZE, RSS_N, RSS_CLASSES = 8, 32, 8192, 8
@@ -318,7 +347,9 @@ def test_reader_picks_any_indices_by_shard_ranges(tmp_path):
     reader = DatasetReader(tmp_path / "store")
     indices = np.random.default_rng(1).permutation(60)[:25]  # unsorted, across many shards
     np.testing.assert_array_equal(reader.event_frames(indices=indices), data.event_frames[indices])
-    np.testing.assert_array_equal(reader.event_frames_range(9, 23), data.event_frames[9:23])
+    out = np.empty((14, *data.event_frames.shape[1:]), np.uint16)
+    reader.event_frames_into(np.arange(9, 23), out)
+    np.testing.assert_array_equal(out, data.event_frames[9:23])
     assert reader.frames_shard_rows() == 8
 
 

@@ -13,7 +13,10 @@ same DALI graph) reads its event frames from a ``ShardStream`` instead of an arr
   recordings of a buffer are permuted with (seed, epoch, rank). Every recording comes once per epoch.
 - Memory: a background thread reads the next buffer (its shards on ``read_threads`` threads) while
   the loader gathers from the current one, and never holds more than two buffers: at most
-  ``max_resident_bytes`` of event frames whatever the size of the split.
+  ``max_resident_bytes`` of event frames whatever the size of the split. Once an epoch's buffers are
+  read, the thread reads the next epoch's first one, so that no epoch starts by waiting.
+- Reading: each shard is fetched in one store request and its chunks decoded straight into the
+  buffer (``storage.bulk``), several shards at once on ``read_threads`` threads.
 
 The mean count that scales the statics (``static_scale_of``) is read once at start, from at most
 ``MEAN_SHARDS`` shards spread over the split (exact for smaller splits). Statics stay resident (a
@@ -35,16 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.repo import is_url
 from tmkt.data import MixData, recordings_read
 from tmkt.loader import LoaderConfig, MixedBatch, MixLoader
-
-#: Rows per Zarr call within a shard of a local store (4 chunks of 16): the shard is still read in
-#: bulk, and the decoding threads' transient blocks stay small (whole 256-row calls left about 150 MB
-#: more in the malloc arenas of Zarr's threads, N-MNIST at 48x48). On object storage a shard is one
-#: call: there each call costs requests, and 64-row calls halved the samples/s from s3://.
-READ_ROWS = 64
-
 
 #: Shards read to estimate a streamed split's mean count (4096 recordings at 256 a shard).
 MEAN_SHARDS = 16
@@ -107,7 +102,6 @@ class ShardStream:
         self.shape = (len(self.rows), spec.time_bins, 2, *spec.size)
         self.dtype = np.dtype(np.uint16)
         self.shard_rows = self.reader.frames_shard_rows(key)
-        self.read_rows = self.shard_rows if is_url(path) else min(READ_ROWS, self.shard_rows)
         # split-local indices grouped by the store shard that holds them
         cuts = np.flatnonzero(np.diff(self.rows // self.shard_rows)) + 1
         self.shards = np.split(np.arange(len(self.rows)), cuts) if len(self.rows) else []
@@ -124,33 +118,20 @@ class ShardStream:
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
-    def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Frames of split-local ``indices`` (in that order), one bulk read per store shard, into
-        ``out`` (first rows) when given."""
+    def read(
+        self, indices: np.ndarray, out: np.ndarray | None = None, then: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Frames of split-local ``indices`` (in that order) into ``out`` (first rows) when given:
+        each store shard fetched in one request and decoded on the stream's threads, while the
+        shards of ``then`` (the next read's indices) are fetched."""
         if out is None:
             out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
         out = out[: len(indices)]
-        rows = self.rows[indices]
-        shard = rows // self.shard_rows
-        groups = [np.flatnonzero(shard == s) for s in np.unique(shard)]
-
-        def fill(where: np.ndarray) -> None:
-            start, stop = int(rows[where].min()), int(rows[where].max()) + 1
-            for lo in range(start, stop, self.read_rows):
-                hi = min(stop, lo + self.read_rows)
-                pick = where[(rows[where] >= lo) & (rows[where] < hi)]
-                if len(pick):
-                    block = self.reader.event_frames_range(lo, hi, self.key)
-                    out[pick] = block[rows[pick] - lo]
-
-        if len(groups) > 1 and self.read_threads > 1:
-            if self._pool is None:  # kept: fresh threads each time would each grow a malloc arena
-                self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="tmkt-shards")
-            list(self._pool.map(fill, groups))
-        else:
-            for where in groups:
-                fill(where)
-        return out
+        if self._pool is None and self.read_threads > 1:
+            # kept: fresh threads each time would each grow a malloc arena
+            self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="tmkt-shards")
+        later = None if then is None else self.rows[then]
+        return self.reader.event_frames_into(self.rows[indices], out, self.key, self._pool, later)
 
     def slot(self, k: int) -> np.ndarray:
         """Buffer ``k`` of the two that every epoch reuses: allocated once, so that the memory held
@@ -188,12 +169,19 @@ class ShardStream:
             plans.append(buffers)
         return plans
 
-    def open(self, buffers: list[np.ndarray]) -> _Cursor:
-        """A pass over ``buffers``. The two buffers are the stream's, so the pass still open (another
-        loader of the same split left mid-epoch) is closed first: it can never overwrite this one."""
-        if self._active is not None:
-            self._active.close()
-        self._active = _Cursor(self, buffers)
+    def open(self, buffers: list[np.ndarray], following: list[np.ndarray] | None = None) -> _Cursor:
+        """A pass over ``buffers``; once it has read them, it reads ``following[0]`` (the next
+        epoch's first buffer) into the free slot, and the next ``open`` whose first buffer it is
+        starts from it: an epoch then never waits for its first read.
+
+        The two buffers are the stream's, so the pass still open (another loader of the same split
+        left mid-epoch, or a finished epoch still reading ahead) is closed first: it can never
+        overwrite this one."""
+        ahead, offset = None, 0
+        previous, self._active = self._active, None
+        if previous is not None:
+            ahead, offset = previous.close(take=buffers[0] if buffers else None)
+        self._active = _Cursor(self, buffers, following, ahead, offset)
         return self._active
 
 
@@ -201,30 +189,55 @@ class _Cursor:
     """One epoch's pass over a stream: rows handed out strictly in plan order, two buffers at most.
 
     ``cursor[i]`` returns recording ``i``'s frames if ``i`` is the next recording of the plan (the
-    gather copies the row at once); anything else is an error, never a silently wrong row.
+    gather copies the row at once); anything else is an error, never a silently wrong row. Buffer
+    ``k`` lives in slot ``(k + offset) % 2``; ``ahead`` is buffer 0 already read (by the previous
+    pass, into slot ``offset``).
     """
 
-    def __init__(self, stream: ShardStream, buffers: list[np.ndarray]) -> None:
+    def __init__(
+        self,
+        stream: ShardStream,
+        buffers: list[np.ndarray],
+        following: list[np.ndarray] | None = None,
+        ahead: np.ndarray | None = None,
+        offset: int = 0,
+    ) -> None:
         self.buffers = [np.asarray(b, dtype=np.int64) for b in buffers if len(b)]
-        self._slots = threading.Semaphore(2)  # buffers alive: the one in use and the one being read
+        self.following = [np.asarray(b, dtype=np.int64) for b in following or () if len(b)]
+        self.offset = offset
+        self.prefetched: np.ndarray | None = None  # following[0]'s frames, once read
+        # buffers alive: the one in use and the one being read (or read ahead)
+        self._slots = threading.Semaphore(2 if ahead is None else 1)
         self._ready: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._order, self._frames, self._pos, self._next = np.empty(0, np.int64), None, 0, 0
-        self._thread = threading.Thread(target=self._read_all, args=(stream,), daemon=True)
+        first = 0
+        if ahead is not None and self.buffers:
+            self._ready.put(ahead)
+            first = 1
+        self._thread = threading.Thread(target=self._read_all, args=(stream, first), daemon=True)
         self._thread.start()
 
-    def _read_all(self, stream: ShardStream) -> None:
-        for k, indices in enumerate(self.buffers):
-            while not self._slots.acquire(timeout=0.1):
-                if self._stop.is_set():
-                    return
+    def _acquire(self) -> bool:
+        while not self._slots.acquire(timeout=0.1):
             if self._stop.is_set():
-                return
-            try:
-                self._ready.put(stream.read(indices, out=stream.slot(k % 2)))
-            except BaseException as err:  # handed to the consumer, which raises it
-                self._ready.put(err)
-                return
+                return False
+        return not self._stop.is_set()
+
+    def _read_all(self, stream: ShardStream, first: int) -> None:
+        try:
+            todo = [*self.buffers, *self.following[:1]]  # the next epoch's first buffer read ahead
+            for k in range(first, len(todo)):
+                if not self._acquire():
+                    return
+                then = todo[k + 1] if k + 1 < len(todo) else None  # fetched while k decodes
+                frames = stream.read(todo[k], out=stream.slot((k + self.offset) % 2), then=then)
+                if k < len(self.buffers):
+                    self._ready.put(frames)
+                else:
+                    self.prefetched = frames
+        except BaseException as err:  # handed to the consumer, which raises it
+            self._ready.put(err)
 
     def __getitem__(self, i: int) -> np.ndarray:
         if self._pos == len(self._order):
@@ -251,10 +264,23 @@ class _Cursor:
         self._order, self._frames, self._pos = self.buffers[self._next], item, 0
         self._next += 1
 
-    def close(self) -> None:
-        self._stop.set()
+    def close(self, take: np.ndarray | None = None) -> tuple[np.ndarray | None, int]:
+        """Stop reading. If this pass was read to its end and ``take`` is the buffer it reads
+        ahead, wait for that read and return (its frames, its slot); else (None, 0)."""
+        wanted = (
+            take is not None
+            and self._next == len(self.buffers)
+            and bool(self.following)
+            and np.array_equal(self.following[0], take)
+        )
+        if not wanted:
+            self._stop.set()
         self._frames = None
         self._thread.join()
+        ahead, self.prefetched, self.following = self.prefetched, None, []  # handed over once
+        if wanted and ahead is not None:
+            return ahead, (len(self.buffers) + self.offset) % 2
+        return None, 0
 
 
 class StreamedData(MixData):
@@ -327,7 +353,8 @@ def _static_scale(frames: ShardStream, static_frames: np.ndarray) -> float:
 
 class StreamingLoader(MixLoader):
     """``MixLoader`` over a ``StreamedData``: the order comes from the stream's plan, the rows from
-    its cursor. One epoch is open at a time (a new ``iter()`` closes the previous one's reads)."""
+    its cursor. One epoch is open at a time: a new ``iter()`` closes the previous one's reads, an
+    epoch iterated to its end keeps reading the next epoch's first buffer until then."""
 
     def __init__(self, data: StreamedData, cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> None:
         # the frames pass through host memory on their way to the graph; nothing is copied up front
@@ -355,15 +382,17 @@ class StreamingLoader(MixLoader):
         return np.concatenate(buffers) if buffers else np.empty(0, np.int64)
 
     def __iter__(self) -> Iterator[MixedBatch]:
-        self.close()
         cursor = None
         if self.cfg.mode != "static":  # mode static reads no event frame
-            cursor = self._cursor = self.stream.open(self.buffers(self._epoch))
+            following = self.buffers(self._epoch + 1)  # read ahead once this epoch's are read
+            cursor = self._cursor = self.stream.open(self.buffers(self._epoch), following)
             self._frames.events = cursor
+        finished = False
         try:
             yield from super().__iter__()
-        finally:
-            if cursor is not None and self._cursor is cursor:
+            finished = True
+        finally:  # an epoch left mid-way stops reading; a finished one keeps reading ahead
+            if not finished and cursor is not None and self._cursor is cursor:
                 self.close()
 
     def close(self) -> None:

@@ -126,8 +126,9 @@ class ShardRows:
         future = self._fetcher.submit(lambda: dict(zip(shards, self.fetch(shards), strict=True)))
         self._ahead = dict.fromkeys(shards, future)
 
-    def fetch(self, shards: Sequence[int]) -> list[bytes | None]:
-        """The stored bytes of ``shards`` (None for a shard never written), requested together."""
+    def fetch(self, shards: Sequence[int]) -> list[np.ndarray | None]:
+        """The stored bytes of ``shards`` as uint8 arrays, not copied (None for a shard never
+        written), requested together."""
         rest = (0,) * len(self.row_shape)
         keys = [self.array.metadata.encode_chunk_key((s, *rest)) for s in shards]
         keys = [f"{self.name}/{key}" for key in keys] if self.name else keys
@@ -136,9 +137,9 @@ class ShardRows:
         async def get_all() -> list:
             return await asyncio.gather(*(store.get(key, prototype) for key in keys))
 
-        return [None if b is None else b.to_bytes() for b in sync(get_all())]
+        return [None if b is None else b.as_numpy_array() for b in sync(get_all())]
 
-    def _jobs(self, shard: int, blob: bytes | None, rows: np.ndarray, mine: np.ndarray) -> list[tuple]:
+    def _jobs(self, shard: int, blob: np.ndarray | None, rows: np.ndarray, mine: np.ndarray) -> list[tuple]:
         """(shard, blob, index, chunk, where) for each chunk of ``shard`` that ``rows[mine]`` touch."""
         index = self._index(shard, blob)
         where = np.flatnonzero(mine)
@@ -146,13 +147,20 @@ class ShardRows:
         return [(shard, blob, index, int(c), where[chunk == c]) for c in np.unique(chunk)]
 
     def _decode(
-        self, shard: int, blob: bytes | None, index: np.ndarray | None, c: int, where: np.ndarray, rows, out
+        self,
+        shard: int,
+        blob: np.ndarray | None,
+        index: np.ndarray | None,
+        c: int,
+        where: np.ndarray,
+        rows: np.ndarray,
+        out: np.ndarray,
     ) -> None:
         """``out[where] = array[rows[where]]`` for rows all in chunk ``c`` of ``shard``."""
         block = self._chunk(shard, blob, index, c)
         out[where] = block[rows[where] - shard * self.rows_per_shard - c * self.rows_per_chunk]
 
-    def _index(self, shard: int, blob: bytes | None) -> np.ndarray | None:
+    def _index(self, shard: int, blob: np.ndarray | None) -> np.ndarray | None:
         """The shard's ``[chunks, 2]`` (offset, length) table, checked; None for an absent shard."""
         if blob is None:
             return None
@@ -170,7 +178,7 @@ class ShardRows:
             raise CorruptStore(f"{self.name}: shard {shard}: its index points outside the shard")
         return index
 
-    def _chunk(self, shard: int, blob: bytes | None, index: np.ndarray | None, c: int) -> np.ndarray:
+    def _chunk(self, shard: int, blob: np.ndarray | None, index: np.ndarray | None, c: int) -> np.ndarray:
         """Chunk ``c`` of a shard decoded into this thread's scratch block (reused: no page faults)."""
         scratch = getattr(self._scratch, "block", None)
         if scratch is None:

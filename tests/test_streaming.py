@@ -218,8 +218,8 @@ RSS_T, RSS_SIZE, RSS_N, RSS_CLASSES = 8, 32, 8192, 8
 RSS_BUDGET = 48 << 20
 #: Allowed above the budget and the baseline (the same trainer on in-memory data): the store's
 #: libraries, Icechunk and Zarr, imported and running (35 MB measured), and the malloc arenas that
-#: Zarr's decoding threads and the two shard-reading threads keep (tens of MB). Measured: the run
-#: peaked 148 MB above the baseline (buffers included; 186 MB before reads were cut to 64 rows, the
+#: the shard-reading threads keep (tens of MB). Measured: the run peaked 127 MB above the baseline
+#: (buffers included; 148 MB when Zarr decoded 64-row reads, 186 MB with whole-shard Zarr reads, the
 #: same with 4096 recordings as with 8192); a resident load would exceed the bound by its frames
 #: alone (256 MB).
 RSS_OVERHEAD = 192 << 20

@@ -418,6 +418,7 @@ def hostile_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
             write_aedat4(raw / cls / f"r{i}.aedat4", events(40 + i), (34, 34))
     os.mkfifo(raw / "c0" / "pipe.aedat4")
     (raw / "c0" / "loop").symlink_to(raw / "c0")  # back to its own folder
+    (raw / "c1" / "up").symlink_to(raw)  # to the root: c0 would be listed again, labelled c1
     (raw / "c0" / "self.aedat4").symlink_to(raw / "c0" / "self.aedat4")
     (raw / "c0" / "gone.aedat4").symlink_to(raw / "c0" / "missing.aedat4")
     (raw / "c1" / "out.aedat4").symlink_to(outside / "foreign.aedat4")
@@ -427,6 +428,7 @@ def hostile_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     expected = {
         "c0/pipe.aedat4": "FIFO",
         "c0/loop": "loop",
+        "c1/up": "enclosing folder",
         "c0/self.aedat4": "loop",
         "c0/gone.aedat4": "broken symlink",
         "c1/out.aedat4": "leaves the folder",

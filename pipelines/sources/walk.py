@@ -5,7 +5,8 @@ used is returned with the reason, and the build quarantines it under that reason
 
 - a folder that cannot be read (permissions): otherwise a whole class would vanish without a word;
 - a FIFO, socket or device with a wanted suffix: opening a FIFO to hash it would block forever;
-- a symlink loop, a broken symlink, and a link back to a folder already walked;
+- a symlink loop, a broken symlink, a link back to a folder already walked, and a link to an
+  enclosing folder (followed, it would list its sibling class folders again under this one's label);
 - a symlink whose target lies outside the walked root: **not followed**. The store's manifest
   describes the raw folder (paths, sizes, content hashes) and refreshes and ``verify`` compare it
   with that folder; content outside it can change or vanish while the folder does not, may be
@@ -127,6 +128,9 @@ class Walker:
                 if not target.is_relative_to(self.real_root):
                     return "problem", f"symlink leaves the folder (to {target}): not followed"
                 mode = os.stat(path).st_mode
+                if stat.S_ISDIR(mode) and Path(os.path.realpath(path.parent)).is_relative_to(target):
+                    # followed, it would list the sibling folders again, under this folder's label
+                    return "problem", "symlink loop: leads to an enclosing folder, not followed"
         except OSError as err:
             if err.errno == errno.ELOOP:
                 return "problem", "symlink loop"

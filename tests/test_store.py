@@ -136,6 +136,18 @@ def test_verify_finds_tampered_data(tmp_path, spec):
     assert faults == ["rec2.bin: stored events do not match their recorded hash"]
 
 
+@pytest.mark.parametrize("block", [1, 250, 1 << 30])  # one recording a block, some, all at once
+def test_digests_read_in_blocks_are_each_recordings_own(tmp_path, spec, monkeypatch, block):
+    import storage.verify
+
+    recordings = random_recordings(np.random.default_rng(4), 9)
+    recordings[4] = recordings[4][:0]  # an empty recording inside a block
+    write_store(tmp_path / "s", recordings, spec)
+    monkeypatch.setattr(storage.verify, "DIGEST_BLOCK_EVENTS", block)
+    digests = list(storage.verify.recording_digests(DatasetReader(tmp_path / "s")))
+    assert digests == [events_digest(r) for r in recordings]
+
+
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(StoreNotFound, match="store not found"):
         DatasetReader(tmp_path / "nowhere")

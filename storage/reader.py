@@ -215,11 +215,23 @@ class DatasetReader:
     # -- provenance --------------------------------------------------------------------------
     @cached_property
     def manifest(self) -> list[dict[str, Any]]:
-        return list(self.root[layout.MANIFEST].attrs[layout.MANIFEST_ROWS])
+        return list(self._provenance(layout.MANIFEST).attrs[layout.MANIFEST_ROWS])
 
     @cached_property
     def report(self) -> dict[str, Any]:
-        return dict(self.root[layout.REPORT].attrs.asdict())
+        return dict(self._provenance(layout.REPORT).attrs.asdict())
+
+    def _provenance(self, name: str) -> zarr.Group:
+        """The group ``name`` that every build writes; its absence is a damaged store, said in one line."""
+        try:
+            group = self.root[name]
+            if layout.MANIFEST_ROWS not in group.attrs and name == layout.MANIFEST:
+                raise KeyError(layout.MANIFEST_ROWS)
+        except KeyError as err:
+            raise CorruptStore(
+                f"{self.path}: snapshot {self.snapshot_id} has no {err} record (a build writes one)"
+            ) from None
+        return group
 
     def history(self) -> list[dict[str, Any]]:
         """Snapshots of the branch, newest first."""

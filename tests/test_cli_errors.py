@@ -328,6 +328,21 @@ def test_verify_reports_a_damaged_store_as_faults(tmp_path, built, damage):
     assert ran.stdout.splitlines()[-1] == f"{store}: 1 fault(s)"
 
 
+def test_info_of_a_snapshot_without_its_manifest_is_one_line(tmp_path, built):
+    import shutil
+
+    import zarr
+
+    from storage.repo import BRANCH, open_repository
+
+    store = tmp_path / "store"
+    shutil.copytree(built / "store", store)
+    session = open_repository(store).writable_session(BRANCH)
+    del zarr.open_group(session.store, mode="r+")["manifest"]
+    session.commit("a snapshot without its manifest")
+    assert_one_line_error(tmkt(tmp_path, "store", "info", str(store)), str(store), "no 'manifest' record")
+
+
 # -- a full disk during a build -----------------------------------------------------------------
 
 

@@ -87,6 +87,20 @@ def test_linear_cka_matches_the_gram_formula_and_its_invariances():
     assert cka_loss(torch.from_numpy(x), torch.from_numpy(x)).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_linear_cka_of_wide_features_is_the_same_value_and_gradient_either_way():
+    """Fewer samples than features (a batch of per-step feature maps) go through the Gram matrices;
+    value and gradient equal the d x d formula's."""
+    rng = np.random.default_rng(2)
+    x, y = (torch.from_numpy(rng.normal(size=(8, d))).double().requires_grad_() for d in (300, 200))
+    got = linear_cka(x, y)
+    assert got.item() == pytest.approx(_cka_numpy(x.detach().numpy(), y.detach().numpy()), rel=1e-5)
+    (gx,) = torch.autograd.grad(got, x)
+    xc, yc = x - x.mean(0, keepdim=True), y - y.mean(0, keepdim=True)
+    direct = (yc.T @ xc).pow(2).sum() / torch.sqrt((xc.T @ xc).pow(2).sum() * (yc.T @ yc).pow(2).sum() + 1e-8)
+    (want,) = torch.autograd.grad(direct, x)
+    torch.testing.assert_close(gx, want, rtol=1e-3, atol=1e-6)  # float32 inside linear_cka
+
+
 def test_cka_loss_flattens_per_sample_features():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5, 2, 3))

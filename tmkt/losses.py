@@ -59,10 +59,18 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Ten
         raise ValueError(f"expected [n, d1] and [n, d2], got {tuple(x.shape)} and {tuple(y.shape)}")
     x = x.float() - x.float().mean(0, keepdim=True)
     y = y.float() - y.float().mean(0, keepdim=True)
-    cross = (y.T @ x).pow(2).sum()
+    n, d1, d2 = x.shape[0], x.shape[1], y.shape[1]
+    if n * n * (d1 + d2) < n * (d1 * d2 + d1 * d1 + d2 * d2):
+        # The same three norms through the n x n Gram matrices (||Yc^T Xc||_F^2 = <Kx, Ky>,
+        # ||Xc^T Xc||_F = ||Kx||_F): a batch of 32 with 9,216 features a sample (T=8 steps of a
+        # 128-channel 3x3 map) costs 300 times fewer operations than the d x d products.
+        kx, ky = x @ x.T, y @ y.T
+        cross, xx, yy = (kx * ky).sum(), kx.pow(2).sum(), ky.pow(2).sum()
+    else:
+        cross, xx, yy = (y.T @ x).pow(2).sum(), (x.T @ x).pow(2).sum(), (y.T @ y).pow(2).sum()
     # eps inside the root keeps the gradient finite when a representation is all zeros
     # (a layer with no spikes yet), where the plain norms would give 0/0.
-    return cross / torch.sqrt((x.T @ x).pow(2).sum() * (y.T @ y).pow(2).sum() + eps)
+    return cross / torch.sqrt(xx * yy + eps)
 
 
 def cka_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

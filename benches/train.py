@@ -1,11 +1,15 @@
 """Training throughput per backbone, and how much of each step is spent waiting for data.
 
     tmkt bench train --store PATH --json OUT [--steps N] [--batch-size B] [--backbones small,vgg_snn]
+        [--max-resident-bytes N] [--compile]
 
 Each backbone trains the TMKT objective (mixed batches, MAG + MRP heads) on the store's training
 split at the store's frame size. ``data_wait_fraction`` is the time blocked in ``next(loader)``
 divided by the whole step time: near 0 means the loader keeps up and the model is the bottleneck.
-The first ``warmup`` steps (kernel selection, allocator growth) are not timed.
+The first ``warmup`` steps (kernel selection, allocator growth; with ``--compile``, compilation)
+are not timed. ``--max-resident-bytes`` loads the split as training does under that budget, so a
+small one measures the streaming loader (``tmkt.streaming``); ``--compile`` times each backbone
+again under ``torch.compile``, in the same run, and reports the ratio.
 """
 
 from __future__ import annotations
@@ -39,9 +43,12 @@ def bench_backbone(
     device: str | torch.device = "cpu",
     warmup: int = 2,
     num_threads: int = 2,
+    compiled: bool = False,
 ) -> dict[str, Any]:
-    """Time ``steps`` training steps of ``backbone`` on ``data`` (a MixData) with the mixing loader."""
-    from tmkt.loader import LoaderConfig, MixLoader, endless
+    """Time ``steps`` training steps of ``backbone`` on ``data`` (a MixData, resident or streamed)
+    with the mixing loader, the model under ``torch.compile`` if ``compiled``."""
+    from tmkt.loader import LoaderConfig, endless
+    from tmkt.streaming import make_loader
 
     device = torch.device(device)
     torch.manual_seed(0)
@@ -49,6 +56,7 @@ def bench_backbone(
     T = data.event_frames.shape[1]
     model = build_model(ModelConfig(backbone=backbone), data.num_classes, T).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = torch.compile(model) if compiled else model
     cfg = LoaderConfig(
         batch_size=batch_size,
         mode="mix",
@@ -58,7 +66,7 @@ def bench_backbone(
         num_threads=num_threads,
         drop_last=True,
     )
-    loader = MixLoader(data, cfg)
+    loader = make_loader(data, cfg)
     if len(loader) == 0:
         raise ValueError(f"the training split holds fewer than batch_size={batch_size} recordings")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -87,6 +95,7 @@ def bench_backbone(
         "step_ms": 1000.0 * total / steps,
         "steps": steps,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "loader": type(loader).__name__,
     }
 
 
@@ -100,15 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbones", default=",".join(BACKBONES))
     parser.add_argument("--snapshot", default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--max-resident-bytes", type=int, default=0, help="the split's memory budget; 0 = resident"
+    )
+    parser.add_argument("--compile", action="store_true", help="also time each backbone compiled")
     args = parser.parse_args(argv)
 
-    from tmkt.data import MixData
+    from tmkt.streaming import StreamConfig, load_split
 
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     batch_size = args.batch_size or (64 if device.type == "cuda" else 8)
-    data = MixData.from_store(args.store, snapshot=args.snapshot, split="train")
+    budget = StreamConfig(max_resident_bytes=args.max_resident_bytes or 1 << 62)
+    data = load_split(args.store, snapshot=args.snapshot, split="train", stream=budget)
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
@@ -117,13 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         "frames_shape": list(data.event_frames.shape[1:]),
         "batch_size": batch_size,
         "amp": "bf16" if device.type == "cuda" else "off",
+        "max_resident_bytes": args.max_resident_bytes,
         "backbones": {},
     }
     for name in [b.strip() for b in args.backbones.split(",") if b.strip()]:
         if name not in BACKBONES:
             parser.error(f"unknown backbone {name!r}; expected some of {sorted(BACKBONES)}")
-        report["backbones"][name] = bench_backbone(data, name, args.steps, batch_size, device, args.warmup)
-        print(name, json.dumps(report["backbones"][name]), file=sys.stderr)
+        result = bench_backbone(data, name, args.steps, batch_size, device, args.warmup)
+        if args.compile:
+            timing = (data, name, args.steps, batch_size, device, args.warmup)
+            result["compiled"] = bench_backbone(*timing, compiled=True)
+            result["compiled_speedup"] = result["compiled"]["samples_per_s"] / result["samples_per_s"]
+        report["backbones"][name] = result
+        print(name, json.dumps(result), file=sys.stderr)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

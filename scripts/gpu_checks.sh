@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one run, for a CUDA machine with the package installed.
 #   OUT=results STORE=data/nmnist EXPERIMENT_SECONDS=300 bash scripts/gpu_checks.sh
-# 1. the DALI GPU graph equals the torch reference exactly (data resident on the GPU, and fed from host);
+# 1. the DALI GPU graph equals the torch reference exactly (data resident on the GPU, fed from host,
+#    and streamed from the store by shards);
 # 2. `tmkt bench loader` (GPU samples/s, data-wait share of a training step);
-# 3. `tmkt bench train` per backbone (bf16);
+# 3. `tmkt bench train` per backbone (bf16), eager and compiled, resident and streaming (budget
+#    STREAM_BYTES: the data-wait share of a step when the split streams);
 # 4. the method comparison grid on STORE within EXPERIMENT_SECONDS, then its report (tar under OUT).
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 STORE=${STORE:-data/nmnist}
 BUDGET=${EXPERIMENT_SECONDS:-300}
 EPOCHS=${EPOCHS:-60}
-BACKBONE=${BACKBONE:-cnn3}
+BACKBONE=${BACKBONE:-vgg_snn}
+STREAM_BYTES=${STREAM_BYTES:-20000000}
 PARALLEL=${PARALLEL:-8}
 # the rest of configs/nmnist-small.toml are the TrainConfig defaults
 TRAIN_ARGS=${TRAIN_ARGS:-"eval_split=unused"}
@@ -34,6 +37,9 @@ for resident in on off; do
     >>"$log" 2>&1
   echo "resident=$resident exit $?" | tee -a "$log"
 done
+TMKT_TEST_DEVICE=cuda timeout 300 $PY -m pytest -q -p no:cacheprovider --noconftest tests/test_streaming.py \
+  -k "equal_the_reference or pure_event or ahead" >>"$log" 2>&1
+echo "streaming exit $?" | tee -a "$log"
 
 if [ "$BENCH" = 1 ]; then
 step "bench loader"
@@ -41,8 +47,11 @@ timeout 180 $PY -m flows.cli bench loader --store "34x34=$STORE" --json "$OUT/be
   >>"$log" 2>&1 || echo "bench loader failed: $?" | tee -a "$log"
 
 step "bench train"
-timeout 240 $PY -m flows.cli bench train --store "$STORE" --json "$OUT/bench_train.json" --steps 20 --warmup 3 \
-  >>"$log" 2>&1 || echo "bench train failed: $?" | tee -a "$log"
+timeout 600 $PY -m flows.cli bench train --store "$STORE" --json "$OUT/bench_train.json" --steps 20 --warmup 3 \
+  --compile >>"$log" 2>&1 || echo "bench train failed: $?" | tee -a "$log"
+timeout 240 $PY -m flows.cli bench train --store "$STORE" --json "$OUT/bench_train_stream.json" --steps 20 \
+  --warmup 3 --backbones vgg_snn,cnn3 --max-resident-bytes "$STREAM_BYTES" \
+  >>"$log" 2>&1 || echo "bench train (streaming) failed: $?" | tee -a "$log"
 fi
 
 step "experiment grid (${BUDGET}s)"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_loader import assert_same_batches
+from tests.test_loader import DEVICE, OnHost, assert_same_batches
 from tests.test_reference import make_data
 from tmkt.data import MixData
 from tmkt.loader import AugmentConfig, LoaderConfig
@@ -67,9 +67,11 @@ def streamed(path, buffer_shards: int = 2) -> StreamedData:
     return data
 
 
-def loader(data, **overrides) -> StreamingLoader:
-    cfg = {"batch_size": 16, "device": "cpu", "num_threads": 1, **overrides}
-    return make_loader(data, LoaderConfig(**cfg))
+def loader(data, **overrides) -> OnHost:
+    """The loader of ``data`` on TMKT_TEST_DEVICE (the GPU graph fed from the stream on a machine
+    with one), its outputs copied to the host for the comparisons."""
+    cfg = {"batch_size": 16, "device": DEVICE, "num_threads": 1, **overrides}
+    return OnHost(make_loader(data, LoaderConfig(**cfg)))
 
 
 #: the crop and flip of the graph, and every augmentation (the gather through a source map)

@@ -416,6 +416,7 @@ def test_bench_train_reports_every_backbone(tmp_path):
     assert set(report["backbones"]) == {"small", "cnn3", "vgg_snn", "resnet18"}
     for row in report["backbones"].values():
         assert row["samples_per_s"] > 0 and 0.0 <= row["data_wait_fraction"] < 1.0
+        assert row["loader"] == "MixLoader" and "compiled" not in row  # resident, eager only
 
 
 def _fake_run(
@@ -471,3 +472,22 @@ def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path):
         train(config_with(config, {"max_steps": 0, "resume": True}), data)
     assert isinstance(raised.value.__cause__, pickle.UnpicklingError)  # refused by weights_only=True
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_bench_train_streams_under_a_budget_and_times_the_compiled_model(tmp_path):
+    """With a budget below the split the bench trains through the streaming loader (as `tmkt train`
+    would), and ``--compile`` adds the same backbone under torch.compile with the ratio."""
+    from benches.train import main as bench_main
+
+    store = tmp_path / "store"
+    data = tiny_data(n_per_class=8)
+    write_frames_store(store, data, np.zeros(16), ["left", "right"])
+    out = tmp_path / "bench.json"
+    argv = ["--store", str(store), "--json", str(out), "--steps", "2", "--warmup", "1", "--batch-size", "4"]
+    argv += ["--device", "cpu", "--backbones", "small", "--max-resident-bytes", "20000", "--compile"]
+    assert bench_main(argv) == 0
+    row = json.loads(out.read_text())["backbones"]["small"]
+    assert row["loader"] == "StreamingLoader" and row["compiled"]["loader"] == "StreamingLoader"
+    assert row["compiled_speedup"] == pytest.approx(row["compiled"]["samples_per_s"] / row["samples_per_s"])
+    assert row["compiled"]["samples_per_s"] > 0

@@ -47,9 +47,11 @@ _BLOSC_HEADER = 16
 class ShardRows:
     """Rows along the first axis of one sharded Zarr array; see the module docstring."""
 
-    def __init__(self, array: zarr.Array, sharding: ShardingCodec) -> None:
+    def __init__(self, array: zarr.Array, sharding: ShardingCodec, store: str = "") -> None:
         self.array = array
         self.name = array.store_path.path
+        #: how errors name the array: the store's location, then the array's path in it
+        self.where = f"{store}: {self.name}" if store else self.name
         self.rows_per_shard = int(array.shards[0])
         self.rows_per_chunk = int(sharding.chunk_shape[0])
         self.chunks_per_shard = self.rows_per_shard // self.rows_per_chunk
@@ -62,8 +64,9 @@ class ShardRows:
         self._ahead: dict[int, Future] = {}
 
     @classmethod
-    def of(cls, array: zarr.Array) -> ShardRows | None:
-        """A reader for ``array`` when it has the layout this module decodes, else None."""
+    def of(cls, array: zarr.Array, store: str = "") -> ShardRows | None:
+        """A reader for ``array`` (of the store at ``store``, for messages) when it has the layout
+        this module decodes, else None."""
         codecs = getattr(array.metadata, "codecs", ())
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
             return None
@@ -82,7 +85,7 @@ class ShardRows:
             and tuple(array.shards[1:]) == tuple(array.shape[1:])
             and array.shards[0] % sharding.chunk_shape[0] == 0
         )
-        return cls(array, sharding) if plain else None
+        return cls(array, sharding, store) if plain else None
 
     def read(
         self,
@@ -100,7 +103,7 @@ class ShardRows:
         if out.shape != (len(rows), *self.row_shape) or out.dtype != self.dtype:
             raise ValueError(f"out must be {self.dtype} {(len(rows), *self.row_shape)}, not {out.shape}")
         if len(rows) and (rows.min() < 0 or rows.max() >= self.array.shape[0]):
-            raise IndexError(f"{self.name}: rows outside [0, {self.array.shape[0]})")
+            raise IndexError(f"{self.where}: rows outside [0, {self.array.shape[0]})")
         shard = rows // self.rows_per_shard
         ids = [int(s) for s in np.unique(shard)]
         ahead, self._ahead = self._ahead, {}
@@ -166,16 +169,16 @@ class ShardRows:
             return None
         size = 16 * self.chunks_per_shard + 4
         if len(blob) < size:
-            raise CorruptStore(f"{self.name}: shard {shard} is {len(blob)} bytes, shorter than its index")
+            raise CorruptStore(f"{self.where}: shard {shard} is {len(blob)} bytes, shorter than its index")
         try:
             table = numcodecs.CRC32C().decode(blob[-size:])
         except Exception as err:
-            raise CorruptStore(f"{self.name}: shard {shard}: index checksum fails ({err})") from err
+            raise CorruptStore(f"{self.where}: shard {shard}: index checksum fails ({err})") from err
         index = np.frombuffer(table, dtype="<u8").reshape(self.chunks_per_shard, 2)
         present = index[:, 0] != _MISSING
         ends = index[present, 0] + index[present, 1]
         if np.any(ends > len(blob) - size) or np.any(index[present, 1] < _BLOSC_HEADER):
-            raise CorruptStore(f"{self.name}: shard {shard}: its index points outside the shard")
+            raise CorruptStore(f"{self.where}: shard {shard}: its index points outside the shard")
         return index
 
     def _chunk(self, shard: int, blob: np.ndarray | None, index: np.ndarray | None, c: int) -> np.ndarray:
@@ -192,11 +195,11 @@ class ShardRows:
         nbytes, _, cbytes = np.frombuffer(data[4:_BLOSC_HEADER], dtype="<u4")
         if nbytes != self.chunk_bytes or cbytes != length:
             raise CorruptStore(
-                f"{self.name}: shard {shard}, chunk {c}: holds {nbytes} bytes in {cbytes}, "
+                f"{self.where}: shard {shard}, chunk {c}: holds {nbytes} bytes in {cbytes}, "
                 f"expected {self.chunk_bytes} in {length}"
             )
         try:
             blosc.decompress(data, scratch)
         except Exception as err:
-            raise CorruptStore(f"{self.name}: shard {shard}, chunk {c} does not decode ({err})") from err
+            raise CorruptStore(f"{self.where}: shard {shard}, chunk {c} does not decode ({err})") from err
         return scratch

@@ -205,7 +205,7 @@ class DatasetReader:
         """The whole-shard reader of ``key``'s event frames, opened once: opening a Zarr array reads
         its metadata from the store (milliseconds, on every call of a streaming loop otherwise)."""
         if key not in self._bulk_readers:
-            self._bulk_readers[key] = ShardRows.of(self._events_array(key))
+            self._bulk_readers[key] = ShardRows.of(self._events_array(key), str(self.path))
         return self._bulk_readers[key]
 
     def static_frames(self, key: str | None = None) -> np.ndarray:

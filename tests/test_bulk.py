@@ -44,7 +44,7 @@ def shard_file(path: Path, shard: int) -> Path:
 
 def read(array: zarr.Array, rows, **kwargs) -> np.ndarray:
     rows = np.asarray(rows)
-    return ShardRows.of(array).read(rows, np.empty((len(rows), *ROW), np.uint16), **kwargs)
+    return ShardRows.of(array, "/data/store").read(rows, np.empty((len(rows), *ROW), np.uint16), **kwargs)
 
 
 def test_any_rows_in_any_order_equal_zarrs_read(tmp_path):
@@ -107,5 +107,6 @@ def test_a_damaged_shard_raises_one_error_naming_the_array_and_shard(tmp_path, n
     array = damage(tmp_path / "a", change)
     with pytest.raises(CorruptStore, match=reason) as err:
         read(array, [0, 1, 20])
+    assert str(err.value).startswith("/data/store: ")  # the store, then the shard
     assert "shard 0" in str(err.value) and "\n" not in str(err.value)
     np.testing.assert_array_equal(read(array, [20, 33]), frames()[[20, 33]])  # other shards still read

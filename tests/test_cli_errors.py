@@ -343,6 +343,41 @@ def test_info_of_a_snapshot_without_its_manifest_is_one_line(tmp_path, built):
     assert_one_line_error(tmkt(tmp_path, "store", "info", str(store)), str(store), "no 'manifest' record")
 
 
+def damaged_frames_store(tmp_path, built) -> tuple[Path, str, int]:
+    """A copy of the built store whose event-frame shards lost their index; its frames key and the
+    bytes of its statics (what stays in memory when the frames stream)."""
+    import shutil
+
+    from storage.reader import DatasetReader
+    from tests.test_verify import chunk_files
+
+    store = tmp_path / "store"
+    shutil.copytree(built / "store", store)
+    reader = DatasetReader(store)
+    key = reader.default_frame_key()
+    for path in chunk_files(store, f"frames/{key}/events"):
+        path.write_bytes(path.read_bytes()[:-300])
+    return store, key, reader.static_frames(key).nbytes
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_training_on_a_damaged_frames_shard_is_one_line_naming_the_store(tmp_path, built, streamed):
+    """Resident or streamed (a budget below the split), a damaged shard of the event frames is one
+    line naming the store and the shard."""
+    store, key, static_bytes = damaged_frames_store(tmp_path, built)
+    args = ["train", "--store", str(store), "--method", "tmkt", "--out", str(tmp_path / "run")]
+    args += ["--epochs", "1", "min_steps=0", "backbone=small", "device=cpu", "batch_size=4"]
+    args += [f"max_resident_bytes={static_bytes + 40_000}"] if streamed else []
+    assert_one_line_error(tmkt(tmp_path, *args), str(store), f"frames/{key}/events: shard 0")
+
+
+def test_a_budget_below_the_statics_is_one_line(tmp_path, built):
+    store, _, static_bytes = damaged_frames_store(tmp_path, built)
+    args = ["train", "--store", str(store), "--method", "tmkt", "--out", str(tmp_path / "run")]
+    args += [f"max_resident_bytes={static_bytes // 2}"]
+    assert_one_line_error(tmkt(tmp_path, *args), str(store), "static images alone", "larger budget")
+
+
 # -- a full disk during a build -----------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import torch
 from tests.test_loader import DEVICE, OnHost, assert_same_batches
 from tests.test_reference import make_data
 from tmkt.data import MixData
+from tmkt.errors import BudgetTooSmall
 from tmkt.loader import AugmentConfig, LoaderConfig
 from tmkt.streaming import StreamConfig, StreamedData, StreamingLoader, load_split, make_loader
 
@@ -170,7 +171,7 @@ def test_small_splits_stay_resident_and_budget_is_checked(stored):
     assert type(data) is MixData
     np.testing.assert_array_equal(data.event_frames, resident.event_frames)
     assert type(make_loader(data, LoaderConfig(device="cpu"))).__name__ == "MixLoader"
-    with pytest.raises(ValueError, match="static images alone"):
+    with pytest.raises(BudgetTooSmall, match="static images alone"):
         load_split(path, split="train", stream=StreamConfig(max_resident_bytes=100))
 
 

@@ -28,3 +28,7 @@ class EmptySplit(UserInputError):
 
 class MissingStatics(UserInputError):
     """A method that mixes static images was asked to train on a store without any."""
+
+
+class BudgetTooSmall(UserInputError):
+    """``max_resident_bytes`` cannot hold what must stay in memory (the static images)."""

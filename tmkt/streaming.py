@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from tmkt.data import MixData, recordings_read
+from tmkt.errors import BudgetTooSmall
 from tmkt.loader import LoaderConfig, MixedBatch, MixLoader
 
 #: Shards read to estimate a streamed split's mean count (4096 recordings at 256 a shard).
@@ -317,8 +318,9 @@ def load_split(
     if event_bytes + static_bytes <= budget:
         return MixData.from_store(path, reader.snapshot_id, split, key, max_recordings_per_class, seed)
     if static_bytes >= budget:
-        raise ValueError(
-            f"{path}: the static images alone ({static_bytes} bytes) exceed max_resident_bytes={budget}"
+        raise BudgetTooSmall(
+            f"{path}: the static images alone ({static_bytes} bytes) exceed max_resident_bytes={budget}; "
+            "they stay in memory while the event frames stream: give a larger budget"
         )
     buffer_bytes = (budget - static_bytes) // 2
     if stream.buffer_shards:

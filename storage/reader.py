@@ -42,7 +42,7 @@ class DatasetReader:
         #: the Icechunk session of the snapshot: ``session.store`` is a Zarr store (xarray, zarr)
         self.session = session
         self.snapshot_id: str = session.snapshot_id
-        self._bulk_readers: dict[str, ShardRows | None] = {}
+        self._bulk_readers: dict[tuple[str, str], ShardRows | None] = {}
         try:
             self.root = zarr.open_group(session.store, mode="r")
         except zarr.errors.GroupNotFoundError:
@@ -201,16 +201,29 @@ class DatasetReader:
     def _events_array(self, key: str | None) -> zarr.Array:
         return self.root[layout.event_frames(self._frames_key(key))]
 
-    def _bulk(self, key: str) -> ShardRows | None:
-        """The whole-shard reader of ``key``'s event frames, opened once: opening a Zarr array reads
-        its metadata from the store (milliseconds, on every call of a streaming loop otherwise)."""
-        if key not in self._bulk_readers:
-            self._bulk_readers[key] = ShardRows.of(self._events_array(key), str(self.path))
-        return self._bulk_readers[key]
+    def _bulk(self, key: str, kind: str = "events") -> ShardRows | None:
+        """The whole-shard reader of ``key``'s event (or "static") frames, opened once: opening a
+        Zarr array reads its metadata from the store (milliseconds, on every call of a streaming
+        loop otherwise)."""
+        if (key, kind) not in self._bulk_readers:
+            key = self._frames_key(key)  # checked once, with a message naming the keys there are
+            path = layout.event_frames(key) if kind == "events" else layout.static_frames(key)
+            self._bulk_readers[key, kind] = ShardRows.of(self.root[path], str(self.path))
+        return self._bulk_readers[key, kind]
 
-    def static_frames(self, key: str | None = None) -> np.ndarray:
-        """uint8 ``[M, H, W]`` static images at the frames' size."""
-        return self.root[layout.static_frames(self._frames_key(key))][:]
+    def static_frames(self, key: str | None = None, indices: np.ndarray | None = None) -> np.ndarray:
+        """uint8 ``[M, H, W]`` static images at the frames' size (all, or ``indices``, read a whole
+        shard at a time when the store keeps them in shards)."""
+        key = self._frames_key(key)
+        array = self.root[layout.static_frames(key)]
+        if indices is None:
+            return array[:]
+        rows = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+        bulk = self._bulk(key, "static")
+        if bulk is not None:
+            return bulk.read(rows, out)
+        return array[:][rows]  # one chunk: stores built before statics were written in shards
 
     # -- provenance --------------------------------------------------------------------------
     @cached_property

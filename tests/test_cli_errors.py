@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from pipelines.build import BuildConfig, run_build
+from storage.reader import DatasetReader
 from tests.conftest import ROOT, _group_alive, kill_group, tmkt_command
 
 
@@ -371,11 +372,13 @@ def test_training_on_a_damaged_frames_shard_is_one_line_naming_the_store(tmp_pat
     assert_one_line_error(tmkt(tmp_path, *args), str(store), f"frames/{key}/events: shard 0")
 
 
-def test_a_budget_below_the_statics_is_one_line(tmp_path, built):
-    store, _, static_bytes = damaged_frames_store(tmp_path, built)
+def test_a_budget_too_small_for_a_static_of_each_class_is_one_line(tmp_path, built):
+    store, key, _ = damaged_frames_store(tmp_path, built)
+    pixels = int(np.prod(DatasetReader(store).frame_spec(key).size))
     args = ["train", "--store", str(store), "--method", "tmkt", "--out", str(tmp_path / "run")]
-    args += [f"max_resident_bytes={static_bytes // 2}"]
-    assert_one_line_error(tmkt(tmp_path, *args), str(store), "static images alone", "larger budget")
+    args += [f"max_resident_bytes={4 * 3 * pixels}"]  # a pool of 3 statics for 10 classes
+    ran = tmkt(tmp_path, *args)
+    assert_one_line_error(ran, str(store), "static pool holds 3 images", "larger max_resident_bytes")
 
 
 # -- a full disk during a build -----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -45,7 +46,15 @@ def write_store(path, data: MixData, splits: np.ndarray, shard_rows: int, classe
             compressors=BULK_CODEC,
         )
         array[:] = events
-        tx.write_array(f"frames/{spec.key}/static", data.static_frames)
+        statics = tx.root.create_array(
+            f"frames/{spec.key}/static",
+            shape=data.static_frames.shape,
+            dtype=np.uint8,
+            chunks=(4, *data.static_frames.shape[1:]),
+            shards=(8, *data.static_frames.shape[1:]),
+            compressors=BULK_CODEC,
+        )
+        statics[:] = data.static_frames
         tx.root.attrs.update({"classes": classes, "frames_key": spec.key, "source": "test"})
         return tx.commit("frames in small shards")
 
@@ -171,8 +180,35 @@ def test_small_splits_stay_resident_and_budget_is_checked(stored):
     assert type(data) is MixData
     np.testing.assert_array_equal(data.event_frames, resident.event_frames)
     assert type(make_loader(data, LoaderConfig(device="cpu"))).__name__ == "MixLoader"
-    with pytest.raises(BudgetTooSmall, match="static images alone"):
+    with pytest.raises(BudgetTooSmall, match="static pool holds 0 images, fewer than the 3 classes"):
         load_split(path, split="train", stream=StreamConfig(max_resident_bytes=100))
+
+
+def test_statics_over_half_the_budget_are_paired_from_a_pool_drawn_each_epoch(tmp_path):
+    """90 statics (10,800 bytes) under a 10,000-byte budget: a pool of a quarter of it (20 images)
+    per epoch, 6 of each of the 3 classes (their share), reproducible, read by shards; the batches
+    are the reference's on the resident frames paired from that epoch's pool."""
+    data = make_data(n=60, m=90)
+    write_store(tmp_path / "store", data, np.zeros(60), shard_rows=8)
+    budget = StreamConfig(max_resident_bytes=10_000)
+    streamed_data = load_split(tmp_path / "store", split="train", stream=budget)
+    pool = streamed_data.static_pool
+    assert pool is not None and pool.capacity == 20
+    rows = {epoch: pool.rows(0, epoch) for epoch in (0, 1)}
+    for picked in rows.values():
+        assert np.bincount(data.static_labels[picked]).tolist() == [6, 6, 6]
+    assert not np.array_equal(rows[0], rows[1])
+    np.testing.assert_array_equal(pool.rows(0, 1), rows[1])
+    resident = MixData.from_store(tmp_path / "store", split="train")
+    stream_loader = loader(streamed_data, augment=AUGMENTS["all"])
+    stream_loader.set_ratio(0.4)
+    for epoch, picked in rows.items():
+        frames, labels = pool.draw(0, epoch)
+        np.testing.assert_array_equal(frames, data.static_frames[picked])
+        reference = dataclasses.replace(
+            resident, static_frames=frames, static_labels=labels, static_scale=streamed_data.static_scale
+        )
+        assert_same_batches(reference, stream_loader, 0.4, AUGMENTS["all"], "mix", epoch=epoch)
 
 
 def test_leaving_an_epoch_early_then_a_full_epoch(stored):

@@ -20,9 +20,10 @@ same DALI graph) reads its event frames from a ``ShardStream`` instead of an arr
 
 The mean count that scales the statics (``static_scale_of``) is read once at start, from at most
 ``MEAN_SHARDS`` shards spread over the split (exact for smaller splits). Statics stay resident (a
-uint8 image is ``2T`` times smaller than its recording's frames); a split whose statics alone exceed
-the budget is refused with a clear error. A buffer holds at least one shard, so a budget below two
-shards' frames is exceeded by that much.
+uint8 image is ``2T`` times smaller than its recording's frames) unless they take more than half of
+the budget: then each epoch pairs the recordings with a ``StaticPool`` of them that fills a quarter
+of it, and the event buffers share the rest. A buffer holds at least one shard, so a budget below
+two shards' frames is exceeded by that much.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tmkt.data import MixData, recordings_read
+from tmkt.data import MixData, StaticsByClass, recordings_read
 from tmkt.errors import BudgetTooSmall
 from tmkt.loader import LoaderConfig, MixedBatch, MixLoader
 
@@ -284,8 +285,63 @@ class _Cursor:
         return None, 0
 
 
+class StaticPool:
+    """Static images too many for the budget: each epoch a sample of ``capacity`` of them, drawn
+    per class in proportion to the class's share (at least one of every class that has any: each
+    recording is paired with a static of its own class), reproducible from (seed, epoch), and read
+    from the store's shards in bulk (``DatasetReader.static_frames(indices=...)``).
+
+    Rows rather than whole shards are sampled because folder sources store images class by class:
+    a pool of a few whole shards would hold a few classes only.
+    """
+
+    def __init__(self, path: str | Path, snapshot: str, key: str, capacity: int) -> None:
+        from storage.reader import DatasetReader
+
+        self.reader, self.key = DatasetReader(path, snapshot=snapshot), key
+        self.labels = np.asarray(self.reader.image_labels, dtype=np.int64)
+        present = np.unique(self.labels)
+        if capacity < len(present):
+            raise BudgetTooSmall(
+                f"{path}: the static pool holds {capacity} images, fewer than the {len(present)} classes "
+                "they must cover: give a larger max_resident_bytes"
+            )
+        self.capacity = min(int(capacity), len(self.labels))
+        self._epoch: tuple[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
+
+    def rows(self, seed: int, epoch: int) -> np.ndarray:
+        """The sorted store rows of the pool of ``epoch``."""
+        rng = np.random.default_rng([seed, epoch, 3])
+        classes, counts = np.unique(self.labels, return_counts=True)
+        take = np.maximum(1, (self.capacity * counts) // len(self.labels))
+        picked = [
+            rng.choice(np.flatnonzero(self.labels == c), int(k), replace=False)
+            for c, k in zip(classes, np.minimum(take, counts), strict=True)
+        ]
+        return np.sort(np.concatenate(picked))
+
+    def draw(self, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``[K, H, W]`` frames and int64 ``[K]`` labels of the pool of ``epoch`` (the last
+        epoch's pool is kept: the loaders of one epoch share it)."""
+        if self._epoch is None or self._epoch[0] != (seed, epoch):
+            rows = self.rows(seed, epoch)
+            self._epoch = ((seed, epoch), (self.reader.static_frames(self.key, rows), self.labels[rows]))
+        return self._epoch[1]
+
+    def mean(self) -> float:
+        """The mean static pixel / 255 over ``capacity`` statics spread evenly over the store (fixed
+        for the run: the static scale must not change between epochs)."""
+        rows = np.unique(np.linspace(0, len(self.labels) - 1, self.capacity).astype(np.int64))
+        values = self.reader.static_frames(self.key, rows)
+        return int(values.sum(dtype=np.uint64)) / max(1, values.size) / 255.0
+
+
+@dataclass
 class StreamedData(MixData):
-    """A ``MixData`` whose ``event_frames`` is a ``ShardStream``; labels and statics are in memory."""
+    """A ``MixData`` whose ``event_frames`` is a ``ShardStream``; labels in memory, and the statics
+    too, or with a ``static_pool`` the pool of the epoch (``static_frames`` is epoch 0's pool)."""
+
+    static_pool: StaticPool | None = None
 
     def __post_init__(self) -> None:
         self.static_frames = np.ascontiguousarray(self.static_frames)
@@ -317,37 +373,39 @@ def load_split(
     budget = stream.budget()
     if event_bytes + static_bytes <= budget:
         return MixData.from_store(path, reader.snapshot_id, split, key, max_recordings_per_class, seed)
-    if static_bytes >= budget:
-        raise BudgetTooSmall(
-            f"{path}: the static images alone ({static_bytes} bytes) exceed max_resident_bytes={budget}; "
-            "they stay in memory while the event frames stream: give a larger budget"
-        )
+    pool = None
+    if static_bytes > budget // 2:  # the statics stream too: a pool of them in a quarter of the budget
+        pool = StaticPool(path, reader.snapshot_id, key, (budget // 4) // (spec.size[0] * spec.size[1]))
+        static_bytes = pool.capacity * spec.size[0] * spec.size[1]
     buffer_bytes = (budget - static_bytes) // 2
     if stream.buffer_shards:
         buffer_bytes = (
             stream.buffer_shards * reader.frames_shard_rows(key) * (event_bytes // max(1, len(rows)))
         )
     frames = ShardStream(path, reader.snapshot_id, key, rows, buffer_bytes, stream.read_threads)
-    static_frames = reader.static_frames(key)
-    scale = _static_scale(frames, static_frames)
+    if pool is None:
+        static_frames, static_labels = reader.static_frames(key), reader.image_labels
+        static_mean = int(static_frames.sum(dtype=np.uint64)) / max(1, static_frames.size) / 255.0
+    else:
+        static_frames, static_labels = pool.draw(seed, 0)
+        static_mean = pool.mean()
     return StreamedData(
         event_frames=frames,
         # one row per sample: a recording sliced into several samples lends each its label
         event_labels=np.asarray(reader.labels, dtype=np.int64)[reader.frame_recordings(key)][rows],
         static_frames=static_frames,
-        static_labels=np.asarray(reader.image_labels, dtype=np.int64),
-        static_scale=scale,
+        static_labels=np.asarray(static_labels, dtype=np.int64),
+        static_scale=_static_scale(frames, static_mean),
         num_classes=len(reader.classes),
         snapshot=str(reader.snapshot_id),
+        static_pool=pool,
     )
 
 
-def _static_scale(frames: ShardStream, static_frames: np.ndarray) -> float:
-    """``static_scale_of`` from the stream's mean: the resident value for splits of up to
-    ``MEAN_SHARDS`` shards."""
+def _static_scale(frames: ShardStream, static_mean: float) -> float:
+    """``static_scale_of`` from the stream's mean and the statics' mean pixel / 255: the resident
+    value for splits of up to ``MEAN_SHARDS`` shards and resident statics."""
     event_mean = frames.event_mean()
-    # an integer sum: no float64 copy of the statics, and the value of a float64 mean of integers
-    static_mean = int(static_frames.sum(dtype=np.uint64)) / max(1, static_frames.size) / 255.0
     if event_mean <= 0.0 or static_mean <= 0.0:
         return 1.0
     return event_mean / static_mean
@@ -384,6 +442,11 @@ class StreamingLoader(MixLoader):
         return np.concatenate(buffers) if buffers else np.empty(0, np.int64)
 
     def __iter__(self) -> Iterator[MixedBatch]:
+        pool = self.data.static_pool
+        if pool is not None and self.cfg.mode != "event":  # this epoch's statics
+            frames, labels = pool.draw(self.cfg.seed, self._epoch)
+            self._frames.statics = frames
+            self._statics = StaticsByClass.build(labels, self.data.num_classes)
         cursor = None
         if self.cfg.mode != "static":  # mode static reads no event frame
             following = self.buffers(self._epoch + 1)  # read ahead once this epoch's are read

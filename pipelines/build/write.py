@@ -276,7 +276,9 @@ def _write_statics(tx: Transaction, plan: BuildPlan, static: dict[str, Any]) -> 
     tx.write_array(layout.IMAGE_LABEL, labels.astype(np.int16))
     tx.write_array(layout.IMAGE_SPLIT, splits.astype(np.uint8))
     for key, frames in statics.items():
-        tx.write_array(layout.static_frames(key), frames)
+        # in shards like the event frames, so that a training split can read some of them in bulk
+        # (`tmkt.streaming.StaticPool`) instead of the whole array as one chunk
+        tx.create_array(layout.static_frames(key), frames.shape, np.uint8)[...] = frames
 
 
 def _stack_images(images: list[np.ndarray]) -> np.ndarray:

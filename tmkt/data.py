@@ -33,13 +33,23 @@ def static_scale_of(event_frames: np.ndarray, static_frames: np.ndarray) -> floa
     network trained on such mixes classified mixed sequences well but event-only ones near chance.
     Returns 1.0 when either side is empty or all zero.
     """
-    event_mean = float(np.asarray(event_frames, dtype=np.float64).mean()) if np.size(event_frames) else 0.0
-    static_mean = (
-        float(np.asarray(static_frames, dtype=np.float64).mean()) / 255.0 if np.size(static_frames) else 0.0
-    )
+    return scale_of_means(mean_value(event_frames), mean_value(static_frames) / 255.0)
+
+
+def scale_of_means(event_mean: float, static_mean: float) -> float:
+    """`static_scale_of` from the two means (the statics' as pixel / 255), for data that is not held
+    whole in memory (``tmkt.streaming``); 1.0 when either is zero."""
     if event_mean <= 0.0 or static_mean <= 0.0:
         return 1.0
     return event_mean / static_mean
+
+
+def mean_value(values: np.ndarray) -> float:
+    """The mean of unsigned integer ``values`` from an integer sum: exactly what a float64 mean
+    gives (every partial sum is an integer below 2**53), without a float64 copy of the array; 0.0
+    when empty."""
+    values = np.asarray(values)
+    return int(values.sum(dtype=np.uint64)) / values.size if values.size else 0.0
 
 
 def static_lut(static_scale: float) -> np.ndarray:

@@ -36,12 +36,16 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tmkt.data import MixData, StaticsByClass, recordings_read
+from tmkt.data import MixData, StaticsByClass, mean_value, recordings_read, scale_of_means
 from tmkt.errors import BudgetTooSmall
 from tmkt.loader import LoaderConfig, MixedBatch, MixLoader
+
+if TYPE_CHECKING:
+    from storage.reader import DatasetReader
 
 #: Shards read to estimate a streamed split's mean count (4096 recordings at 256 a shard).
 MEAN_SHARDS = 16
@@ -295,16 +299,14 @@ class StaticPool:
     a pool of a few whole shards would hold a few classes only.
     """
 
-    def __init__(self, path: str | Path, snapshot: str, key: str, capacity: int) -> None:
-        from storage.reader import DatasetReader
-
-        self.reader, self.key = DatasetReader(path, snapshot=snapshot), key
-        self.labels = np.asarray(self.reader.image_labels, dtype=np.int64)
+    def __init__(self, reader: DatasetReader, key: str, capacity: int) -> None:
+        self.reader, self.key = reader, key  # a reader of one snapshot: every epoch's pool from it
+        self.labels = np.asarray(reader.image_labels, dtype=np.int64)
         present = np.unique(self.labels)
         if capacity < len(present):
             raise BudgetTooSmall(
-                f"{path}: the static pool holds {capacity} images, fewer than the {len(present)} classes "
-                "they must cover: give a larger max_resident_bytes"
+                f"{reader.path}: the static pool holds {capacity} images, fewer than the "
+                f"{len(present)} classes they must cover: give a larger max_resident_bytes"
             )
         self.capacity = min(int(capacity), len(self.labels))
         self._epoch: tuple[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
@@ -332,8 +334,7 @@ class StaticPool:
         """The mean static pixel / 255 over ``capacity`` statics spread evenly over the store (fixed
         for the run: the static scale must not change between epochs)."""
         rows = np.unique(np.linspace(0, len(self.labels) - 1, self.capacity).astype(np.int64))
-        values = self.reader.static_frames(self.key, rows)
-        return int(values.sum(dtype=np.uint64)) / max(1, values.size) / 255.0
+        return mean_value(self.reader.static_frames(self.key, rows)) / 255.0
 
 
 @dataclass
@@ -375,7 +376,7 @@ def load_split(
         return MixData.from_store(path, reader.snapshot_id, split, key, max_recordings_per_class, seed)
     pool = None
     if static_bytes > budget // 2:  # the statics stream too: a pool of them in a quarter of the budget
-        pool = StaticPool(path, reader.snapshot_id, key, (budget // 4) // (spec.size[0] * spec.size[1]))
+        pool = StaticPool(reader, key, (budget // 4) // (spec.size[0] * spec.size[1]))
         static_bytes = pool.capacity * spec.size[0] * spec.size[1]
     buffer_bytes = (budget - static_bytes) // 2
     if stream.buffer_shards:
@@ -385,7 +386,7 @@ def load_split(
     frames = ShardStream(path, reader.snapshot_id, key, rows, buffer_bytes, stream.read_threads)
     if pool is None:
         static_frames, static_labels = reader.static_frames(key), reader.image_labels
-        static_mean = int(static_frames.sum(dtype=np.uint64)) / max(1, static_frames.size) / 255.0
+        static_mean = mean_value(static_frames) / 255.0
     else:
         static_frames, static_labels = pool.draw(seed, 0)
         static_mean = pool.mean()
@@ -395,20 +396,11 @@ def load_split(
         event_labels=np.asarray(reader.labels, dtype=np.int64)[reader.frame_recordings(key)][rows],
         static_frames=static_frames,
         static_labels=np.asarray(static_labels, dtype=np.int64),
-        static_scale=_static_scale(frames, static_mean),
+        static_scale=scale_of_means(frames.event_mean(), static_mean),
         num_classes=len(reader.classes),
         snapshot=str(reader.snapshot_id),
         static_pool=pool,
     )
-
-
-def _static_scale(frames: ShardStream, static_mean: float) -> float:
-    """``static_scale_of`` from the stream's mean and the statics' mean pixel / 255: the resident
-    value for splits of up to ``MEAN_SHARDS`` shards and resident statics."""
-    event_mean = frames.event_mean()
-    if event_mean <= 0.0 or static_mean <= 0.0:
-        return 1.0
-    return event_mean / static_mean
 
 
 class StreamingLoader(MixLoader):

@@ -206,7 +206,7 @@ class DatasetReader:
         Zarr array reads its metadata from the store (milliseconds, on every call of a streaming
         loop otherwise)."""
         if (key, kind) not in self._bulk_readers:
-            key = self._frames_key(key)  # checked once, with a message naming the keys there are
+            self._frames_key(key)  # checked once, with a message naming the keys there are
             path = layout.event_frames(key) if kind == "events" else layout.static_frames(key)
             self._bulk_readers[key, kind] = ShardRows.of(self.root[path], str(self.path))
         return self._bulk_readers[key, kind]
@@ -228,23 +228,22 @@ class DatasetReader:
     # -- provenance --------------------------------------------------------------------------
     @cached_property
     def manifest(self) -> list[dict[str, Any]]:
-        return list(self._provenance(layout.MANIFEST).attrs[layout.MANIFEST_ROWS])
+        return list(self._provenance(layout.MANIFEST, layout.MANIFEST_ROWS))
 
     @cached_property
     def report(self) -> dict[str, Any]:
-        return dict(self._provenance(layout.REPORT).attrs.asdict())
+        return dict(self._provenance(layout.REPORT))
 
-    def _provenance(self, name: str) -> zarr.Group:
-        """The group ``name`` that every build writes; its absence is a damaged store, said in one line."""
+    def _provenance(self, name: str, field: str | None = None) -> Any:
+        """The attributes of the group ``name`` that every build writes (or their ``field``); a
+        missing group or field is a damaged store, said in one line."""
         try:
-            group = self.root[name]
-            if layout.MANIFEST_ROWS not in group.attrs and name == layout.MANIFEST:
-                raise KeyError(layout.MANIFEST_ROWS)
+            attrs = self.root[name].attrs.asdict()
+            return attrs[field] if field else attrs
         except KeyError as err:
             raise CorruptStore(
                 f"{self.path}: snapshot {self.snapshot_id} has no {err} record (a build writes one)"
             ) from None
-        return group
 
     def history(self) -> list[dict[str, Any]]:
         """Snapshots of the branch, newest first."""

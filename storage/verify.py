@@ -43,10 +43,8 @@ def recording_digests(reader: DatasetReader) -> Iterator[str]:
     first, n = 0, reader.n_recordings
     while first < n:
         # the most recordings from `first` whose events fit the block (at least one)
-        last = max(
-            first + 1, int(np.searchsorted(offsets, offsets[first] + DIGEST_BLOCK_EVENTS, "right")) - 1
-        )
-        last = min(last, n)
+        fit = int(np.searchsorted(offsets, offsets[first] + DIGEST_BLOCK_EVENTS, side="right")) - 1
+        last = min(max(first + 1, fit), n)
         base = int(offsets[first])
         block = {name: array[base : int(offsets[last])] for name, array in arrays.items()}
         for index in range(first, last):

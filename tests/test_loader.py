@@ -18,7 +18,7 @@ from tmkt.loader import AugmentConfig, LoaderConfig, MixLoader
 from tmkt.mixing import solve_p
 from tmkt.reference import mix_batch_reference
 
-FIELDS = ("frames", "labels", "mag", "mrp", "static", "index")
+FIELDS = ("frames", "labels", "mag", "mrp", "static", "events", "index")
 #: The same tests check the GPU graph on a machine with one: TMKT_TEST_DEVICE=cuda, and
 #: TMKT_TEST_RESIDENT=on|off for data held on the GPU or fed from the host.
 DEVICE = os.environ.get("TMKT_TEST_DEVICE", "cpu")
@@ -49,14 +49,16 @@ def loader_for(data: MixData, **overrides) -> OnHost:
     return OnHost(MixLoader(data, LoaderConfig(**cfg)))
 
 
-def assert_same_batches(data, loader, r_m, augment, mode, epoch=0):
-    """Every batch of an epoch equals the reference fed the same draws (same generator state)."""
+def assert_same_batches(data, loader, r_m, augment, mode, epoch=0, with_events=False):
+    """Every batch of an epoch equals the reference fed the same draws (same generator state); with
+    ``with_events`` each mixed batch's pure event sequence too."""
     loader.set_epoch(epoch)
     batches = list(loader)  # held together: outputs shared without a copy must stay intact
     rng = loader.epoch_rng(epoch)
     assert len(batches) == len(loader)
     for batch in batches:
-        expected = mix_batch_reference(data, batch.index.numpy(), r_m, rng, augment, mode=mode)
+        index = batch.index.numpy()
+        expected = mix_batch_reference(data, index, r_m, rng, augment, mode=mode, with_events=with_events)
         for name in FIELDS:
             got, want = getattr(batch, name), getattr(expected, name)
             if want is None:

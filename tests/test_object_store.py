@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from pipelines.build import BuildConfig, run_build
 from storage.reader import DatasetReader
@@ -80,21 +79,11 @@ def test_two_concurrent_writers_both_commit_and_lose_nothing(s3_store, tmp_path)
     """Two refreshes started together, each adding its own frame representation: the one that
     commits second finds the branch moved, plans again on the first one's snapshot, and commits."""
     base = run_build(builtin_config(tmp_path / "raw", s3_store, 3)).snapshot
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(tmp_path / "raw"), s3_store, str(bins)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for bins in (3, 5)
-    ]
-    results = []
-    for proc in procs:
-        output, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, output[-3000:]
-        results.append(json.loads(output.split("RESULT ", 1)[1].splitlines()[0]))
+    from tests.test_writers import run_together
+
+    results = run_together(
+        [[sys.executable, "-c", WRITER, str(tmp_path / "raw"), s3_store, str(bins)] for bins in (3, 5)]
+    )
 
     reader = DatasetReader(s3_store)
     assert sorted(spec.time_bins for spec in reader.frame_keys().values()) == [3, 4, 5]  # both kept
@@ -185,7 +174,7 @@ def torchrun(store: str, out: Path, *overrides: str) -> subprocess.CompletedProc
 
 def test_torchrun_ranks_stream_their_own_shards_from_s3_and_resume_exactly(s3_store, tmp_path):
     from tests.test_streaming import write_store
-    from tests.test_train import read_rows, tiny_data
+    from tests.test_train import assert_resumed_exactly, tiny_data
 
     data = tiny_data(n_per_class=32)  # 64 recordings, all training, in 8 shards of 8
     write_store(s3_store, data, np.zeros(64), shard_rows=8)
@@ -203,12 +192,4 @@ def test_torchrun_ranks_stream_their_own_shards_from_s3_and_resume_exactly(s3_st
     # stopped after 12 of 16 steps (mid epoch 1; checkpoints at steps 5, 10 and 12), resumed from rank 0's
     torchrun(s3_store, tmp_path / "split", "checkpoint_every=5", "max_steps=12")
     torchrun(s3_store, tmp_path / "split", "resume=true")
-    a, b = read_rows(tmp_path / "straight"), read_rows(tmp_path / "split")
-    loss_a = [(r["step"], r["loss"]) for r in a if "loss" in r]
-    loss_b = [(r["step"], r["loss"]) for r in b if "loss" in r]
-    assert [s for s, _ in loss_b] == list(range(1, 17))
-    assert np.allclose([v for _, v in loss_a], [v for _, v in loss_b], rtol=1e-5, atol=1e-6)
-    weights_a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
-    weights_b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
-    for key, value in weights_a.items():
-        assert torch.allclose(value.float(), weights_b[key].float(), rtol=1e-5, atol=1e-6), key
+    assert_resumed_exactly(tmp_path / "straight", tmp_path / "split", steps=16)

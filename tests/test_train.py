@@ -120,13 +120,19 @@ def test_resume_continues_exactly(tmp_path, method):
     resumed = train(config_with(split, {"max_steps": 0, "resume": True}), data)
     assert resumed["completed"] is True and resumed["steps"] == 12
 
-    a, b = read_rows(tmp_path / "straight"), read_rows(tmp_path / "split")
+    assert_resumed_exactly(tmp_path / "straight", tmp_path / "split", steps=12)
+
+
+def assert_resumed_exactly(straight: Path, split: Path, steps: int) -> None:
+    """The run that was stopped and resumed (``split``) logged a loss at every step 1..``steps``, the
+    same losses as the run ``straight`` through, and ended with the same weights."""
+    a, b = read_rows(straight), read_rows(split)
     loss_a = [(r["step"], r["loss"]) for r in a if "loss" in r]
     loss_b = [(r["step"], r["loss"]) for r in b if "loss" in r]
-    assert [s for s, _ in loss_b] == list(range(1, 13))
+    assert [s for s, _ in loss_b] == list(range(1, steps + 1))
     assert np.allclose([v for _, v in loss_a], [v for _, v in loss_b], rtol=1e-5, atol=1e-6)
-    weights_a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
-    weights_b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
+    weights_a = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
+    weights_b = torch.load(split / "checkpoint.pt", weights_only=True)["model"]
     for key, value in weights_a.items():
         assert torch.allclose(value.float(), weights_b[key].float(), rtol=1e-5, atol=1e-6), key
 

@@ -39,26 +39,27 @@ def builtin_config(root: Path, time_bins: int) -> BuildConfig:
     )
 
 
-@pytest.mark.slow
-def test_two_refreshes_at_once_keep_both_frame_sets(tmp_path: Path) -> None:
-    base = run_build(builtin_config(tmp_path, 10)).snapshot
-    script = tmp_path / "refresh.py"
-    script.write_text(REFRESH)
+def run_together(commands: list[list[str]]) -> list[dict]:
+    """Start every command at once from the repository root; each must succeed and print one line
+    ``RESULT {json}``: the parsed results, in the order of ``commands``."""
     processes = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path), str(bins)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for bins in (8, 12)
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for command in commands
     ]
     results = []
     for process in processes:
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output[-3000:]
         results.append(json.loads(output.split("RESULT ", 1)[1].splitlines()[0]))
+    return results
+
+
+@pytest.mark.slow
+def test_two_refreshes_at_once_keep_both_frame_sets(tmp_path: Path) -> None:
+    base = run_build(builtin_config(tmp_path, 10)).snapshot
+    script = tmp_path / "refresh.py"
+    script.write_text(REFRESH)
+    results = run_together([[sys.executable, str(script), str(tmp_path), str(bins)] for bins in (8, 12)])
 
     reader = DatasetReader(tmp_path / "s")
     bins = sorted(spec.time_bins for spec in reader.frame_keys().values())

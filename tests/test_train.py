@@ -202,9 +202,9 @@ def test_pure_event_term_adds_a_weighted_event_only_loss(tmp_path):
 
 def test_default_budget_trains_a_tiny_store_for_at_least_min_steps(tmp_path):
     """The rule: a run makes max(epochs * steps per epoch, min_steps) optimizer steps (whole epochs), so
-    with the defaults every store, however small, gets at least 240 steps."""
+    with the defaults every store, however small, gets at least 480 steps."""
     defaults = TrainConfig()
-    assert defaults.min_steps >= 240
+    assert defaults.min_steps >= 480
     assert budget_epochs(defaults, steps_per_epoch=4) == max(defaults.epochs, -(-defaults.min_steps // 4))
     assert budget_epochs(defaults, steps_per_epoch=1000) == defaults.epochs  # large sets: epochs rule
 
@@ -212,7 +212,7 @@ def test_default_budget_trains_a_tiny_store_for_at_least_min_steps(tmp_path):
     assert len(data.event_labels) < defaults.batch_size
     out = tmp_path / "defaults"
     cfg = config_with(TrainConfig(), {"store": "", "out": str(out), "device": "cpu", "progress_bar": False})
-    # event-only and the small backbone keep the 240 steps quick; the budget rule is the same for all
+    # event-only and the small backbone keep the 480 steps quick; the budget rule is the same for all
     cfg = config_with(cfg, {"method": "event", "backbone": "small", "checkpoint_every": 0, "log_every": 1000})
     result = train(cfg, data)
     assert result["completed"] and result["steps"] >= defaults.min_steps

@@ -175,9 +175,9 @@ def run_build_deployment(env: dict[str, str], recordings_per_class: int) -> floa
 
 
 #: The demo's training settings, explicit here so that it measures the same thing whatever the
-#: trainer's defaults (they are the trainer's before its ratio schedule became progress^3), with
-#: batch 8 so that five recordings per class still give six steps an epoch. Digits must not be
-#: mirrored (no hflip).
+#: trainer's defaults: the linear r_m schedule the trainer had before progress^3, batch 8 so that
+#: five recordings per class still give six steps an epoch, and a budget of exactly its epochs.
+#: Digits must not be mirrored (no hflip).
 DEMO_TRAINING: dict[str, Any] = {
     "batch_size": 8,
     "lr": 5e-3,

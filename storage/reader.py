@@ -215,15 +215,13 @@ class DatasetReader:
         """uint8 ``[M, H, W]`` static images at the frames' size (all, or ``indices``, read a whole
         shard at a time when the store keeps them in shards)."""
         key = self._frames_key(key)
-        array = self.root[layout.static_frames(key)]
-        if indices is None:
-            return array[:]
-        rows = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
-        bulk = self._bulk(key, "static")
-        if bulk is not None:
-            return bulk.read(rows, out)
-        return array[:][rows]  # one chunk: stores built before statics were written in shards
+        bulk = self._bulk(key, "static") if indices is not None else None
+        if bulk is not None:  # no metadata read per call: a static pool may draw every epoch
+            rows = np.asarray(indices, dtype=np.int64)
+            return bulk.read(rows, np.empty((len(rows), *bulk.row_shape), dtype=bulk.dtype))
+        array = self.root[layout.static_frames(key)][:]
+        # one chunk: stores built before statics were written in shards
+        return array if indices is None else array[np.asarray(indices, dtype=np.int64)]
 
     # -- provenance --------------------------------------------------------------------------
     @cached_property

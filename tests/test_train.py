@@ -140,9 +140,10 @@ def assert_resumed_exactly(straight: Path, split: Path, steps: int) -> None:
 @pytest.mark.parametrize(
     ("method", "logged", "heads"),
     [
-        ("tsm", {"cls"}, (False, False)),
-        ("tsm+mag", {"cls", "mag"}, (True, False)),
-        ("tsm+mrp", {"cls", "mrp"}, (False, True)),
+        # the mixing methods align mixed and pure event features by default (l_cka)
+        ("tsm", {"cls", "cka"}, (False, False)),
+        ("tsm+mag", {"cls", "mag", "cka"}, (True, False)),
+        ("tsm+mrp", {"cls", "mrp", "cka"}, (False, True)),
         ("event", {"cls"}, (False, False)),
         ("finetune", {"cls"}, (False, False)),
     ],
@@ -180,16 +181,20 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_pure_event_term_adds_a_weighted_event_only_loss(tmp_path):
     out = tmp_path / "l_event"
-    result = train(small_config(out, method="tmkt", l_event=0.5, l_mag=0.1, l_mrp=0.2), tiny_data(4))
+    cfg = small_config(out, method="tmkt", l_event=0.5, l_mag=0.1, l_mrp=0.2, l_cka=0.3)
+    result = train(cfg, tiny_data(4))
     assert result["completed"] and result["steps"] == 4
     for row in (r for r in read_rows(out) if "loss" in r):
-        total = row["cls"] + 0.1 * row["mag"] + 0.2 * row["mrp"] + 0.5 * row["event_cls"]
+        # event_ramp (the default): the event loss is weighted by r_m, which grows from 0
+        event = 0.5 * row["r_m"] * row["event_cls"]
+        total = row["cls"] + 0.1 * row["mag"] + 0.2 * row["mrp"] + event + 0.3 * row["cka"]
         assert row["loss"] == pytest.approx(total, rel=1e-5)
         # early in training the mixed sequences are mostly static, so the two terms differ
         assert row["event_cls"] != row["cls"]
     plain = tmp_path / "plain"
-    train(small_config(plain, method="tmkt", l_event=0.0, epochs=3, val_every=0), tiny_data(4), tiny_data(4))
-    assert all("event_cls" not in r for r in read_rows(plain))
+    cfg = small_config(plain, method="tmkt", l_event=0.0, l_cka=0.0, epochs=3, val_every=0)
+    train(cfg, tiny_data(4), tiny_data(4))
+    assert all("event_cls" not in r and "cka" not in r for r in read_rows(plain))
     # val_every=0: validated once, after the last epoch
     assert [r["epoch"] for r in read_rows(plain) if "val_accuracy" in r] == [2]
     with pytest.raises(ValueError, match="with_events"):
@@ -198,6 +203,38 @@ def test_pure_event_term_adds_a_weighted_event_only_loss(tmp_path):
         batch.mag, batch.mrp = torch.ones(2, T), torch.ones(2)
         model = build_model(ModelConfig(), num_classes=2, T=T)
         build_method(MethodConfig("tmkt", l_event=1.0)).loss(model, batch, 0.5)
+
+
+def test_tmkt_aligns_mixed_and_pure_event_features_with_cka():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), num_classes=3, T=T)
+    # train mode (an untrained net in eval mode does not spike): each forward normalises by its own
+    # batch, so every term can be recomputed from plain forwards of the two sequences
+    mixed, events = torch.rand(5, T, 2, H, W) * 4, torch.rand(5, T, 2, H, W) * 4
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    batch = SimpleNamespace(
+        frames=mixed, events=events, labels=labels, mag=torch.ones(5, T), mrp=torch.ones(5)
+    )
+    with torch.no_grad():
+        out_m, out_e = model(mixed.transpose(0, 1)), model(events.transpose(0, 1))
+        cka = cka_loss(out_m.features.transpose(0, 1), out_e.features.transpose(0, 1))
+        both = build_method(MethodConfig("tsm", l_event=0.5, l_cka=2.0)).loss(model, batch, 0.5)
+        flat = build_method(MethodConfig("tsm", l_event=0.5, l_cka=2.0, event_ramp=False)).loss(
+            model, batch, 0.5
+        )
+        cka_only = build_method(MethodConfig("tsm", l_event=0.0, l_cka=2.0)).loss(model, batch, 0.5)
+        neither = build_method(MethodConfig("tsm", l_event=0.0, l_cka=0.0))
+    assert 0.0 < cka.item() < 1.0 and both["cka"] == pytest.approx(cka.item(), rel=1e-5)
+    cls, event_cls = tet_loss(out_m.logits, labels), tet_loss(out_e.logits, labels)
+    r_m = MethodConfig().schedule(0.5)  # progress^3 by default: mostly static halfway through
+    assert r_m == pytest.approx(0.125)
+    assert both["loss"] == pytest.approx((cls + 0.5 * r_m * event_cls + 2.0 * cka).item(), rel=1e-5)
+    assert flat["loss"] == pytest.approx((cls + 0.5 * event_cls + 2.0 * cka).item(), rel=1e-5)
+    # the event forward runs for the CKA term alone; only the terms with a weight are reported
+    assert "event_cls" not in cka_only and cka_only["loss"] == pytest.approx(
+        (cls + 2.0 * cka).item(), rel=1e-5
+    )
+    assert not neither.wants_events and MethodConfig().l_cka > 0
 
 
 def test_default_budget_trains_a_tiny_store_for_at_least_min_steps(tmp_path):

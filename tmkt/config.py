@@ -74,7 +74,11 @@ class TrainConfig:
     l_event: float = knob(
         _METHOD.l_event, "tmkt/tsm*: weight of a CE on each mixed batch's pure event sequence"
     )
-    l_cka: float = knob(_METHOD.l_cka, "weight of the CKA loss of he2024")
+    event_ramp: bool = knob(_METHOD.event_ramp, "tmkt/tsm*: scale l_event by r_m, growing with the mix")
+    l_cka: float = knob(
+        _METHOD.l_cka,
+        "weight of the CKA feature alignment: he2024 static vs event, tmkt/tsm* mixed vs pure event",
+    )
     tet_mse_weight: float = knob(_METHOD.tet_mse_weight, "weight of TET's MSE term")
     finetune_static_fraction: float = knob(
         _METHOD.finetune_static_fraction, "share of epochs on statics before events (finetune)"
@@ -163,6 +167,7 @@ class TrainConfig:
             self.finetune_static_fraction,
             self.tet_mse_weight,
             self.l_event,
+            self.event_ramp,
         )
 
 

@@ -188,8 +188,6 @@ DEMO_TRAINING: dict[str, Any] = {
     "l_mag": 0.1,
     "l_mrp": 0.1,
     "l_event": 1.0,  # tmkt also learns from each batch's pure event sequence (README, Results)
-    "event_ramp": True,
-    "l_cka": 1.0,
     "checkpoint_every": 0,
     "min_steps": 0,  # the demo's budget is its epochs
 }

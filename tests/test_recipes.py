@@ -57,7 +57,7 @@ def test_paper_protocol_recipes_use_he_et_als_optimiser_and_schedule():
             1e-5,
             0.01,
         )
-        assert cfg.hflip and cfg.warmup_steps > 0 and cfg.l_event == cfg.l_cka == 0.0
+        assert cfg.hflip and cfg.warmup_steps > 0 and cfg.l_event == 0.0
         text = (ROOT / "configs" / f"{name}.toml").read_text()
         assert "--time-bins 10 --size 48 48 --static-mode v" in text
     gesture = config_with(TrainConfig(), read_config_file(ROOT / "configs/dvsgesture.toml"))

@@ -74,11 +74,9 @@ class TrainConfig:
     l_event: float = knob(
         _METHOD.l_event, "tmkt/tsm*: weight of a CE on each mixed batch's pure event sequence"
     )
-    event_ramp: bool = knob(_METHOD.event_ramp, "tmkt/tsm*: scale l_event by r_m, growing with the mix")
-    l_cka: float = knob(
-        _METHOD.l_cka,
-        "weight of the CKA feature alignment: he2024 static vs event, tmkt/tsm* mixed vs pure event",
-    )
+    event_ramp: bool = knob(_METHOD.event_ramp, "tmkt/tsm*: scale l_event by r_m (with l_align: scarce data)")
+    l_align: float = knob(_METHOD.l_align, "tmkt/tsm*: weight of a CKA loss, mixed vs pure event features")
+    l_cka: float = knob(_METHOD.l_cka, "weight of the CKA loss of he2024")
     tet_mse_weight: float = knob(_METHOD.tet_mse_weight, "weight of TET's MSE term")
     finetune_static_fraction: float = knob(
         _METHOD.finetune_static_fraction, "share of epochs on statics before events (finetune)"
@@ -168,6 +166,7 @@ class TrainConfig:
             self.tet_mse_weight,
             self.l_event,
             self.event_ramp,
+            self.l_align,
         )
 
 

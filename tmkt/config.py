@@ -159,14 +159,14 @@ class TrainConfig:
         return MethodConfig(
             self.method,
             self.schedule(),
-            self.l_mag,
-            self.l_mrp,
-            self.l_cka,
-            self.finetune_static_fraction,
-            self.tet_mse_weight,
-            self.l_event,
-            self.event_ramp,
-            self.l_align,
+            l_mag=self.l_mag,
+            l_mrp=self.l_mrp,
+            l_cka=self.l_cka,
+            finetune_static_fraction=self.finetune_static_fraction,
+            tet_mse_weight=self.tet_mse_weight,
+            l_event=self.l_event,
+            event_ramp=self.event_ramp,
+            l_align=self.l_align,
         )
 
 

@@ -241,8 +241,18 @@ def build_method(config: MethodConfig) -> Method:
     heads = {"tmkt": (True, True), "tsm": (False, False), "tsm+mag": (True, False), "tsm+mrp": (False, True)}
     if c.name in heads:
         mag, mrp = heads[c.name]
-        weights = (c.l_mag, c.l_mrp, c.tet_mse_weight, c.l_event, c.l_align, c.event_ramp)
-        return TimeStepMixup(c.name, c.schedule, mag, mrp, *weights)
+        return TimeStepMixup(
+            c.name,
+            c.schedule,
+            mag,
+            mrp,
+            l_mag=c.l_mag,
+            l_mrp=c.l_mrp,
+            tet_mse_weight=c.tet_mse_weight,
+            l_event=c.l_event,
+            l_align=c.l_align,
+            event_ramp=c.event_ramp,
+        )
     if c.name == "event":
         return EventOnly(tet_mse_weight=c.tet_mse_weight)
     if c.name == "finetune":

@@ -4,8 +4,10 @@
         [--max-resident-bytes N] [--compile]
 
 Each backbone trains the TMKT objective (mixed batches, MAG + MRP heads) on the store's training
-split at the store's frame size. ``data_wait_fraction`` is the time blocked in ``next(loader)``
-divided by the whole step time: near 0 means the loader keeps up and the model is the bottleneck.
+split at the store's frame size, one forward pass per step (``l_event=0``: the trainer's default
+adds a second, on the pure event sequence, which doubles the step). ``data_wait_fraction`` is the
+time blocked in ``next(loader)`` divided by the whole step time: near 0 means the loader keeps up
+and the model is the bottleneck.
 The first ``warmup`` steps (kernel selection, allocator growth; with ``--compile``, compilation)
 are not timed. ``--max-resident-bytes`` loads the split as training does under that budget, so a
 small one measures the streaming loader (``tmkt.streaming``); ``--compile`` times each backbone
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tmkt.methods import TimeStepMixup
+from tmkt.methods import MethodConfig, build_method
 from tmkt.mixing import RatioSchedule
 from tmkt.models import BACKBONES, ModelConfig, build_model
 from tmkt.system import to_device
@@ -52,7 +54,7 @@ def bench_backbone(
 
     device = torch.device(device)
     torch.manual_seed(0)
-    method = TimeStepMixup(schedule=RatioSchedule("constant", 0.5, 0.5))
+    method = build_method(MethodConfig(schedule=RatioSchedule("constant", 0.5, 0.5), l_event=0.0))
     T = data.event_frames.shape[1]
     model = build_model(ModelConfig(backbone=backbone), data.num_classes, T).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

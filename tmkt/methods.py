@@ -51,12 +51,16 @@ class Method(Protocol):
     def loss(self, model, batch, progress: float) -> dict[str, torch.Tensor]: ...
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EventOnly:
-    """Event frames only; per-step TET loss."""
+    """Event frames only; per-step TET loss.
+
+    The method classes take their weights without defaults: `MethodConfig` holds the one default
+    of each, and `build_method` passes them on.
+    """
 
     name: str = "event"
-    tet_mse_weight: float = 0.0
+    tet_mse_weight: float
     mag_head: bool = field(default=False, init=False)
     mrp_head: bool = field(default=False, init=False)
     wants_events: bool = field(default=False, init=False)
@@ -73,12 +77,12 @@ class EventOnly:
         return {"loss": cls, "cls": cls.detach(), "train_acc": batch_accuracy(out.logits, batch.labels)}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StaticThenEvent(EventOnly):
     """Static pre-training for the first ``static_fraction`` of the epochs, then event fine-tuning."""
 
     name: str = "finetune"
-    static_fraction: float = 0.5
+    static_fraction: float
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.static_fraction <= 1.0:
@@ -88,7 +92,7 @@ class StaticThenEvent(EventOnly):
         return "static" if epoch < round(self.static_fraction * epochs) else "event"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TimeStepMixup:
     """TSM with optional MAG (per-step modality) and MRP (event fraction) objectives.
 
@@ -109,15 +113,15 @@ class TimeStepMixup:
     """
 
     name: str = "tmkt"
-    schedule: RatioSchedule = field(default_factory=RatioSchedule)
-    mag: bool = True
-    mrp: bool = True
-    l_mag: float = 1.0
-    l_mrp: float = 1.0
-    tet_mse_weight: float = 0.0
-    l_event: float = 0.0
-    l_align: float = 0.0
-    event_ramp: bool = False
+    schedule: RatioSchedule
+    mag: bool
+    mrp: bool
+    l_mag: float
+    l_mrp: float
+    tet_mse_weight: float
+    l_event: float
+    l_align: float
+    event_ramp: bool
 
     @property
     def mag_head(self) -> bool:
@@ -171,7 +175,7 @@ class TimeStepMixup:
         return {"loss": total, **losses, "train_acc": batch_accuracy(out.logits, batch.labels)}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class He2024:
     """Sliding replacement + CKA domain alignment (He et al., AAAI 2024), on loader mode "pair".
 
@@ -182,8 +186,8 @@ class He2024:
     """
 
     name: str = "he2024"
-    l_cka: float = 1.0
-    tet_mse_weight: float = 0.0
+    l_cka: float
+    tet_mse_weight: float
     mag_head: bool = field(default=False, init=False)
     mrp_head: bool = field(default=False, init=False)
     wants_events: bool = field(default=False, init=False)
@@ -242,10 +246,10 @@ def build_method(config: MethodConfig) -> Method:
     if c.name in heads:
         mag, mrp = heads[c.name]
         return TimeStepMixup(
-            c.name,
-            c.schedule,
-            mag,
-            mrp,
+            name=c.name,
+            schedule=c.schedule,
+            mag=mag,
+            mrp=mrp,
             l_mag=c.l_mag,
             l_mrp=c.l_mrp,
             tet_mse_weight=c.tet_mse_weight,

@@ -13,6 +13,9 @@ training run done, in [0, 1].
 - ``finetune``: static images for the first ``static_fraction`` of the epochs, then events.
 - ``he2024``: He et al. 2024: per sample, the static sequence is replaced by the event sequence
   with probability ``progress**3``, plus a CKA loss aligning static and event features.
+
+The method classes take their weights as keywords without defaults: `MethodConfig` holds the one
+default of each, and `build_method` passes them on.
 """
 
 from __future__ import annotations
@@ -53,11 +56,7 @@ class Method(Protocol):
 
 @dataclass(kw_only=True)
 class EventOnly:
-    """Event frames only; per-step TET loss.
-
-    The method classes take their weights without defaults: `MethodConfig` holds the one default
-    of each, and `build_method` passes them on.
-    """
+    """Event frames only; per-step TET loss."""
 
     name: str = "event"
     tet_mse_weight: float

@@ -156,3 +156,18 @@ def test_train_flow_defaults_are_the_train_config_defaults() -> None:
     assert set(signature) - {"overrides"} <= set(defaults)
     assert signature["method"].default == defaults["method"]
     assert signature["epochs"].default == defaults["epochs"]
+
+
+def test_every_method_option_is_a_train_config_knob_and_reaches_the_method() -> None:
+    from tmkt.config import TrainConfig
+    from tmkt.methods import MethodConfig
+
+    options = [spec.name for spec in fields(MethodConfig) if spec.name not in ("name", "schedule")]
+    defaults = {spec.name: spec.default for spec in fields(TrainConfig)}
+    base = {name: getattr(MethodConfig(), name) for name in options}
+    # one default per value: each knob's default is the method's
+    assert {name: defaults[name] for name in options} == base
+    changed = {name: not v if isinstance(v, bool) else v + 0.25 for name, v in base.items()}
+    method = TrainConfig(method="tsm", ratio_kind="linear", **changed).method_config()
+    assert (method.name, method.schedule.kind) == ("tsm", "linear")
+    assert {name: getattr(method, name) for name in options} == changed

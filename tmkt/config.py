@@ -156,18 +156,10 @@ class TrainConfig:
         return StreamConfig(max_resident_bytes=self.max_resident_bytes)
 
     def method_config(self) -> MethodConfig:
-        return MethodConfig(
-            self.method,
-            self.schedule(),
-            l_mag=self.l_mag,
-            l_mrp=self.l_mrp,
-            l_cka=self.l_cka,
-            finetune_static_fraction=self.finetune_static_fraction,
-            tet_mse_weight=self.tet_mse_weight,
-            l_event=self.l_event,
-            event_ramp=self.event_ramp,
-            l_align=self.l_align,
-        )
+        """The method and its options, each read from the field of the same name here, so a new
+        ``MethodConfig`` option cannot be left out (without its knob this raises AttributeError)."""
+        options = [f.name for f in dataclasses.fields(MethodConfig) if f.name not in ("name", "schedule")]
+        return MethodConfig(self.method, self.schedule(), **{name: getattr(self, name) for name in options})
 
 
 def budget_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:

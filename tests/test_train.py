@@ -214,18 +214,19 @@ def test_tmkt_ramps_the_event_loss_and_aligns_mixed_and_event_features_when_aske
     batch = SimpleNamespace(
         frames=mixed, events=events, labels=labels, mag=torch.ones(5, T), mrp=torch.ones(5)
     )
+    progress = 0.9  # late in the run, where the default schedule's r_m is far from 0 and from 1
     with torch.no_grad():
         out_m, out_e = model(mixed.transpose(0, 1)), model(events.transpose(0, 1))
         cka = cka_loss(out_m.features.transpose(0, 1), out_e.features.transpose(0, 1))
         ramp = MethodConfig("tsm", l_event=0.5, l_align=2.0, event_ramp=True)
-        both = build_method(ramp).loss(model, batch, 0.5)
-        flat = build_method(MethodConfig("tsm", l_event=0.5, l_align=2.0)).loss(model, batch, 0.5)
-        cka_only = build_method(MethodConfig("tsm", l_event=0.0, l_align=2.0)).loss(model, batch, 0.5)
+        both = build_method(ramp).loss(model, batch, progress)
+        flat = build_method(MethodConfig("tsm", l_event=0.5, l_align=2.0)).loss(model, batch, progress)
+        cka_only = build_method(MethodConfig("tsm", l_event=0.0, l_align=2.0)).loss(model, batch, progress)
         neither = build_method(MethodConfig("tsm", l_event=0.0))
     assert 0.0 < cka.item() < 1.0 and both["cka"] == pytest.approx(cka.item(), rel=1e-5)
     cls, event_cls = tet_loss(out_m.logits, labels), tet_loss(out_e.logits, labels)
-    r_m = MethodConfig().schedule(0.5)  # progress^3 by default: mostly static halfway through
-    assert r_m == pytest.approx(0.125)
+    r_m = MethodConfig().schedule(progress)  # progress^8 by default
+    assert r_m == pytest.approx(0.9**8)
     assert both["loss"] == pytest.approx((cls + 0.5 * r_m * event_cls + 2.0 * cka).item(), rel=1e-5)
     assert flat["loss"] == pytest.approx((cls + 0.5 * event_cls + 2.0 * cka).item(), rel=1e-5)
     # the event forward runs for the CKA term alone; only the terms with a weight are reported

@@ -17,7 +17,7 @@ from pathlib import Path
 
 #: Commands whose argument parsing lives with their implementation: `tmkt NAME ...` -> main(argv).
 PASSTHROUGH: dict[str, tuple[str, str]] = {
-    "train": ("tmkt.train", "train a spiking network on a store (methods tmkt, event, finetune, he2024)"),
+    "train": ("tmkt.config", "train a spiking network on a store (methods tmkt, event, finetune, he2024)"),
     "eval": ("tmkt.evaluate", "evaluate a checkpoint on a store's event recordings"),
     "experiment": ("tmkt.experiments", "a grid of runs (methods x seeds x data budget) and its report"),
     "serve": ("flows.serve", "serve the Prefect deployments (long-running)"),

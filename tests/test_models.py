@@ -74,3 +74,26 @@ def test_cnn3_is_three_conv_units_of_32_64_128_with_max_pooling():
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.backbone.modules()) == 3
     x = torch.zeros(T, B, 2, 34, 34)
     assert model.backbone(x).shape == (T, B, 128, 4, 4)  # 34 -> 17 -> 8 -> 4
+
+
+def test_the_light_settings_name_every_backbone_built():
+    from tmkt.settings import BACKBONE_NAMES
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES
+
+
+def test_train_help_does_not_import_torch():
+    """`tmkt train --help` reads every default without the trainer's heavy libraries."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "numba", "spikingjelly", "nvidia.dali", "zarr")
+    code = (
+        "import sys\nfrom flows.cli import main\n"
+        "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY', sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "ratio_power (float, default 8.0)" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []"

@@ -376,10 +376,10 @@ def write_frames_store(path: Path, data, splits: np.ndarray, classes: list[str])
 
 
 def test_store_run_then_eval_on_any_compatible_store(tmp_path, capsys):
+    from tmkt.config import main as train_main
     from tmkt.errors import EmptySplit
     from tmkt.evaluate import IncompatibleStore, evaluate
     from tmkt.evaluate import main as eval_main
-    from tmkt.train import main as train_main
 
     data = tiny_data(n_per_class=12, seed=3)
     splits = np.tile([0, 0, 0, 0, 1, 2], 4)  # per class: 8 train, 2 val, 2 test

@@ -28,64 +28,14 @@ folds the crop and the flip into it (``crop_flip``) and leaves them out of the D
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import numba
 import numpy as np
 import torch
 
+from tmkt.settings import AugmentConfig
+
 #: The Draws fields this module adds (None = that augmentation is off for the batch).
 EXTRA_FIELDS = ("roll", "angle", "shear", "cutout", "drop_pixel", "drop_time")
-
-
-@dataclass
-class AugmentConfig:
-    """Per-sample augmentations, the same for all steps (and the paired static) of a sample.
-
-    ``crop_padding``/``hflip``: random crop with zero padding and horizontal flip. The others are
-    described in the module docstring; each is off at 0.
-    """
-
-    crop_padding: int = 4
-    hflip: bool = True
-    enabled: bool = True
-    roll: int = 0  # max circular shift in pixels, per axis
-    rotate: float = 0.0  # max rotation in degrees
-    shear: float = 0.0  # max horizontal shear angle in degrees
-    cutout: int = 0  # max side of the zeroed box in pixels
-    drop_pixel: float = 0.0  # probability that a pixel is dropped
-    drop_time: float = 0.0  # max fraction of the time steps dropped (one run of consecutive steps)
-
-    def __post_init__(self) -> None:
-        checks = {
-            "crop_padding": self.crop_padding >= 0,
-            "roll": self.roll >= 0,
-            "rotate": 0 <= self.rotate <= 180,
-            "shear": 0 <= self.shear < 90,
-            "cutout": self.cutout >= 0,
-            "drop_pixel": 0 <= self.drop_pixel <= 1,
-            "drop_time": 0 <= self.drop_time <= 1,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"augmentation {bad[0]} out of range: {getattr(self, bad[0])}")
-
-    @classmethod
-    def from_fields(cls, config) -> AugmentConfig:
-        """From a flat config (``TrainConfig``) holding each field under its own name, with
-        ``augment`` for ``enabled``."""
-        names = [f.name for f in fields(cls) if f.name != "enabled"]
-        return cls(enabled=config.augment, **{name: getattr(config, name) for name in names})
-
-    @property
-    def warps(self) -> bool:
-        """Whether the source map is drawn (any augmentation besides crop, flip and time drop)."""
-        return self.enabled and bool(self.roll or self.rotate or self.shear or self.cutout or self.drop_pixel)
-
-    @property
-    def active(self) -> bool:
-        basic = self.crop_padding > 0 or self.hflip
-        return self.enabled and (basic or self.warps or self.drop_time > 0)
 
 
 def augment_active(augment: AugmentConfig | None) -> bool:

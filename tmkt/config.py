@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import json
 import math
+import sys
 import tomllib
 import typing
 from collections.abc import Sequence
@@ -21,13 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tmkt.augment import AugmentConfig
 from tmkt.data import UNUSED
-from tmkt.methods import METHOD_NAMES, MethodConfig
 from tmkt.mixing import SCHEDULE_KINDS, RatioSchedule
-from tmkt.models import BACKBONES, NEURONS, SURROGATES, ModelConfig
-from tmkt.streaming import StreamConfig
-from tmkt.system import DEVICES
+from tmkt.settings import (
+    BACKBONE_NAMES,
+    DEVICES,
+    METHOD_NAMES,
+    NEURONS,
+    SURROGATES,
+    AugmentConfig,
+    MethodConfig,
+    ModelConfig,
+    StreamConfig,
+)
 
 AMP_MODES = ("auto", "bf16", "off")
 OPTIMIZERS = ("adamw", "sgd")
@@ -83,7 +90,7 @@ class TrainConfig:
     )
     # model
     # cnn3 on a CPU: the backbone of README "Results"
-    backbone: str = knob("auto", "network; auto = vgg_snn on a GPU, cnn3 on a CPU", ("auto", *BACKBONES))
+    backbone: str = knob("auto", "network; auto = vgg_snn on a GPU, cnn3 on a CPU", ("auto", *BACKBONE_NAMES))
     neuron: str = knob(_MODEL.neuron, "spiking neuron (plif: learnable tau)", NEURONS)
     tau: float = knob(_MODEL.tau, "membrane time constant (initial value for plif)")
     surrogate: str = knob(_MODEL.surrogate, "surrogate gradient of the spike", SURROGATES)
@@ -238,7 +245,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # the command line
 
-DESCRIPTION = "Train a spiking network on a store."
+DESCRIPTION = "Train a spiking network on a store with TMKT or a baseline (event, finetune, he2024)."
 #: Keys that also have a named flag (``--max-recordings-per-class`` for max_recordings_per_class).
 FLAGS = (
     "store",
@@ -296,10 +303,8 @@ def train_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(
-    argv: list[str] | None, description: str = "Train a spiking network on a store."
-) -> TrainConfig:
-    parser = train_parser(description)
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    parser = train_parser(DESCRIPTION)
     args = parser.parse_args(argv)
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
     values.update({k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None})
@@ -312,3 +317,16 @@ def parse_args(
     if not cfg.store:
         parser.error("--store is required")
     return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`tmkt train`: the command line is read here, before the trainer (and torch) is imported, so
+    that ``--help`` and a mistyped key answer at once."""
+    try:
+        cfg = parse_args(argv)
+    except (ValueError, FileNotFoundError) as err:  # bad config: one line, no traceback
+        print(f"tmkt train: error: {err}", file=sys.stderr)
+        return 2
+    from tmkt.train import run
+
+    return run(cfg)

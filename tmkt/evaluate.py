@@ -29,7 +29,7 @@ from tmkt.data import UNUSED, recordings_read
 from tmkt.errors import BadCheckpoint, EmptySplit, IncompatibleStore, UserInputError
 from tmkt.models import ModelConfig, SpikingClassifier, build_model
 from tmkt.records import first_line, is_resume_state, read_checkpoint
-from tmkt.system import DEVICES
+from tmkt.settings import DEVICES
 
 __all__ = ["EVAL_SPLITS", "IncompatibleStore", "evaluate", "load_checkpoint"]
 

@@ -47,10 +47,10 @@ from tmkt.augment import drop_steps, drops_time, gather_pixels, remap_torch, sou
 from tmkt.data import MixData, static_lut
 from tmkt.draws import AugmentConfig, MixedBatch, augment_active, draw_batch, frame_orders
 from tmkt.mixing import mag_targets, mrp_targets, solve_p
+from tmkt.settings import DEVICES
 
 MODES = ("mix", "event", "static", "pair")
 RESIDENT = ("auto", "on", "off")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass

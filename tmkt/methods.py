@@ -27,8 +27,8 @@ import torch
 
 from tmkt.losses import cka_loss, mag_loss, mrp_loss, tet_loss
 from tmkt.mixing import RatioSchedule
-
-METHOD_NAMES = ("tmkt", "tsm", "tsm+mag", "tsm+mrp", "event", "finetune", "he2024")
+from tmkt.settings import METHOD_NAMES as METHOD_NAMES
+from tmkt.settings import MethodConfig
 
 
 def time_major(frames_btchw: torch.Tensor) -> torch.Tensor:
@@ -217,26 +217,6 @@ class He2024:
             "event_share": use_event.float().mean(),
             "train_acc": batch_accuracy(logits, batch.labels),
         }
-
-
-@dataclass
-class MethodConfig:
-    """A method by name and its options; the defaults are the trainer's."""
-
-    name: str = "tmkt"
-    schedule: RatioSchedule = field(default_factory=RatioSchedule)
-    l_mag: float = 0.1  # MAG at 1.0 let the net silence event features on N-MNIST (val at chance)
-    l_mrp: float = 0.1
-    l_cka: float = 1.0  # he2024: CKA between static and event features
-    finetune_static_fraction: float = 0.5
-    tet_mse_weight: float = 0.0
-    l_event: float = 1.0  # tmkt/tsm*: CE on each mixed batch's pure event sequence; 0 = off
-    event_ramp: bool = False  # tmkt/tsm*: l_event scaled by r_m (TimeStepMixup says when it helps)
-    l_align: float = 0.0  # tmkt/tsm*: CKA between mixed and pure event features
-
-    def __post_init__(self) -> None:
-        if self.name not in METHOD_NAMES:
-            raise ValueError(f"unknown method {self.name!r}; expected one of {METHOD_NAMES}")
 
 
 def build_method(config: MethodConfig) -> Method:

@@ -18,40 +18,13 @@ A head that is switched off is not built, so DDP never sees unused parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from torch import nn
 
-NEURONS = ("lif", "plif", "if")
-SURROGATES = ("atan", "sigmoid")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that shapes a model; saved with the weights so a checkpoint rebuilds itself."""
-
-    backbone: str = "small"
-    neuron: str = "lif"  # "lif" | "plif" (learnable tau) | "if"
-    tau: float = 2.0  # membrane time constant (initial value for "plif")
-    surrogate: str = "atan"  # surrogate gradient of the spike: "atan" | "sigmoid"
-    width: float = 1.0  # channel multiplier
-    mag_head: bool = True
-    mrp_head: bool = True
-
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {sorted(BACKBONES)}")
-        if self.neuron not in NEURONS:
-            raise ValueError(f"unknown neuron {self.neuron!r}; expected one of {NEURONS}")
-        if self.surrogate not in SURROGATES:
-            raise ValueError(f"unknown surrogate {self.surrogate!r}; expected one of {SURROGATES}")
-        if self.width <= 0:
-            raise ValueError(f"width must be positive, got {self.width}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from tmkt.settings import ModelConfig
 
 
 @dataclass

@@ -29,7 +29,6 @@ two shards' frames is exceeded by that much.
 from __future__ import annotations
 
 import dataclasses
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -43,44 +42,13 @@ import numpy as np
 from tmkt.data import MixData, StaticsByClass, mean_value, recordings_read, scale_of_means
 from tmkt.errors import BudgetTooSmall
 from tmkt.loader import LoaderConfig, MixedBatch, MixLoader
+from tmkt.settings import StreamConfig
 
 if TYPE_CHECKING:
     from storage.reader import DatasetReader
 
 #: Shards read to estimate a streamed split's mean count (4096 recordings at 256 a shard).
 MEAN_SHARDS = 16
-
-
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation now (``MemAvailable``; physical pages elsewhere)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-@dataclass
-class StreamConfig:
-    """When a split streams, and how.
-
-    ``max_resident_bytes``: a split whose event frames and statics fit in it is loaded resident,
-    a larger one streams with two buffers of at most half of it each; 0 = auto, half of the memory
-    available when the split is opened (the rest is for the model, DALI and the other splits).
-    """
-
-    max_resident_bytes: int = 0
-    buffer_shards: int = 0  # shards per buffer; 0 = as many as half the budget holds
-    read_threads: int = 2
-
-    def __post_init__(self) -> None:
-        if self.max_resident_bytes < 0 or self.buffer_shards < 0 or self.read_threads < 1:
-            raise ValueError("max_resident_bytes and buffer_shards must be >= 0, read_threads >= 1")
-
-    def budget(self) -> int:
-        return self.max_resident_bytes or available_memory() // 2
 
 
 class ShardStream:

@@ -14,9 +14,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-#: Where a run may execute; "auto" is cuda when available.
-DEVICES = ("auto", "cpu", "cuda")
-
 
 @dataclass
 class Dist:

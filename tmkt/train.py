@@ -39,7 +39,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from tmkt.augment import AugmentConfig
-from tmkt.config import TrainConfig, budget_epochs, parse_args
+from tmkt.config import TrainConfig, budget_epochs
+from tmkt.config import main as config_main
 from tmkt.data import UNUSED
 from tmkt.evaluate import accuracy_on, checkpoint_metadata, eval_loader
 from tmkt.methods import Method, build_method, require_statics
@@ -451,12 +452,8 @@ def optimize(model, method, optimizer, batch, progress: float, lr: float, cfg: T
     return losses
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_args(argv, __doc__.split("\n\n")[0])
-    except (ValueError, FileNotFoundError) as err:  # bad config: one line, no traceback
-        print(f"tmkt train: error: {err}", file=sys.stderr)
-        return 2
+def run(cfg: TrainConfig) -> int:
+    """Train ``cfg``, print its result, and leave the process group (torchrun) behind."""
     result = train(cfg)
     if result:
         print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
@@ -465,5 +462,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # torchrun -m tmkt.train: the same command line as `tmkt train`
+    sys.exit(config_main())

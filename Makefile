@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,9 +23,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	TMKT_REAL_DATA=$${TMKT_REAL_DATA:-../shared/data} $(BIN)/python -m pytest -q -ra
 
+# The documentation site (docs/ + mkdocstrings API reference) into site/; every warning is an error.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) reports runs .pytest_cache
+	rm -rf $(VENV) reports runs site .pytest_cache

@@ -1,4 +1,5 @@
-"""The README's Python blocks, run as written against a store built here, and what they promise."""
+"""The Python blocks of the README and of docs/python-api.md, run as written against a store built
+here, and what they promise."""
 
 from __future__ import annotations
 
@@ -14,8 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
-def readme_blocks() -> list[str]:
-    return BLOCK.findall((ROOT / "README.md").read_text())
+def python_blocks(page: str) -> list[str]:
+    return BLOCK.findall((ROOT / page).read_text())
+
+
+def run_blocks(page: str) -> dict:
+    """Run ``page``'s blocks in turn in one namespace; a failure names the page and the block."""
+    namespace: dict = {"__name__": "readme"}
+    for number, block in enumerate(python_blocks(page), 1):
+        try:
+            exec(compile(block, f"{page} python block {number}", "exec"), namespace)
+        except Exception as err:
+            raise AssertionError(f"{page} python block {number} failed: {err!r}\n{block}") from err
+    return namespace
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +47,33 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_readme_has_python_blocks():
-    blocks = readme_blocks()
-    assert len(blocks) >= 4, "the README documents the Python API in runnable blocks"
+def test_the_readme_and_the_api_page_have_python_blocks():
+    blocks = python_blocks("docs/python-api.md")
+    assert len(blocks) >= 4, "docs/python-api.md documents the Python API in runnable blocks"
     assert any("open_store" in b for b in blocks) and any("xr.open_zarr" in b for b in blocks)
+    (tour,) = python_blocks("README.md")
+    assert "open_store" in tour and "MixLoader" in tour
 
 
 @pytest.mark.slow
-def test_every_python_block_of_the_readme_runs(store_dir, monkeypatch, capsys):
+def test_the_readme_tour_block_runs_and_mixes(store_dir, monkeypatch, capsys):
     monkeypatch.chdir(store_dir)
-    namespace: dict = {"__name__": "readme"}
-    for number, block in enumerate(readme_blocks(), 1):
-        try:
-            exec(compile(block, f"README.md python block {number}", "exec"), namespace)
-        except Exception as err:  # name the block, so a failure points at the README
-            raise AssertionError(f"README python block {number} failed: {err!r}\n{block}") from err
-    ns = namespace
+    ns = run_blocks("README.md")
+    reader = ns["ds"]
+    assert reader.n_recordings == 50
+    assert ns["frames"].shape == (len(ns["train"]), 10, 2, 34, 34)
+    np.testing.assert_array_equal(ns["frames"], reader.event_frames(indices=ns["train"]))
+    batch = ns["batch"]
+    assert batch.frames.shape == (8, 10, 2, 34, 34)
+    assert set(np.unique(batch.mag.numpy())) <= {0.0, 1.0}
+    np.testing.assert_allclose(batch.mrp.numpy(), batch.mag.numpy().mean(1))
+    assert "50 recordings," in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_every_python_block_of_the_api_page_runs(store_dir, monkeypatch, capsys):
+    monkeypatch.chdir(store_dir)
+    ns = run_blocks("docs/python-api.md")
     # the blocks' results are the store's real contents, not placeholders
     reader = ns["ds"]
     assert reader.n_recordings == 50 and len(reader.classes) == 10

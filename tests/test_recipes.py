@@ -1,5 +1,5 @@
-"""Per-dataset recipes: the config files, the README that cites them, and the published counts that
-`tmkt store info` checks a store against."""
+"""Per-dataset recipes: the config files, the training page (docs/training.md) that cites them, and
+the published counts that `tmkt store info` checks a store against."""
 
 from __future__ import annotations
 
@@ -34,15 +34,15 @@ def events(seed: int, width: int, height: int, n: int = 500) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_loads_and_the_readme_cites_it_with_its_command(name):
+def test_recipe_loads_and_the_training_page_cites_it_with_its_command(name):
     path = ROOT / "configs" / f"{name}.toml"
     cfg = config_with(TrainConfig(), read_config_file(path))
     assert cfg.backbone == "vgg_snn" and cfg.optimizer == "adamw" and cfg.cosine_lr
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "training.md").read_text()
     train = re.search(rf"^tmkt train --store stores/{name} .*--config configs/{name}\.toml$", readme, re.M)
     build = re.search(rf"^tmkt build-dataset --source {name} ", readme, re.M)
-    assert train and build, f"README does not show how to build and train with configs/{name}.toml"
-    # the commands in the file's own comments are the README's
+    assert train and build, f"docs/training.md does not show how to build and train with configs/{name}.toml"
+    # the commands in the file's own comments are the training page's
     assert f"--config configs/{name}.toml" in path.read_text()
 
 

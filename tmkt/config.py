@@ -77,7 +77,7 @@ class TrainConfig:
     ratio_power: float = knob(_SCHEDULE.power, "exponent of the power schedule")
     l_mag: float = knob(_METHOD.l_mag, "weight of the MAG loss (which steps are events)")
     l_mrp: float = knob(_METHOD.l_mrp, "weight of the MRP loss (event fraction of a sequence)")
-    # its own forward pass: a second forward and backward per step (README "Results": the ablation)
+    # its own forward pass: a second forward and backward per step (results/README.md: the ablation)
     l_event: float = knob(
         _METHOD.l_event, "tmkt/tsm*: weight of a CE on each mixed batch's pure event sequence"
     )
@@ -89,7 +89,7 @@ class TrainConfig:
         _METHOD.finetune_static_fraction, "share of epochs on statics before events (finetune)"
     )
     # model
-    # cnn3 on a CPU: the backbone of README "Results"
+    # cnn3 on a CPU: the backbone of results/README.md
     backbone: str = knob("auto", "network; auto = vgg_snn on a GPU, cnn3 on a CPU", ("auto", *BACKBONE_NAMES))
     neuron: str = knob(_MODEL.neuron, "spiking neuron (plif: learnable tau)", NEURONS)
     tau: float = knob(_MODEL.tau, "membrane time constant (initial value for plif)")

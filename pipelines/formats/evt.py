@@ -18,33 +18,47 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+#: the bits of an EVT 3.0 word that each stand for one event, by word type: VECT_12, VECT_8
+VECTOR_BITS = np.zeros(16, dtype=np.int64)
+VECTOR_BITS[0x4], VECTOR_BITS[0x5] = 0xFFF, 0xFF
+
 
 @numba.njit(cache=True, nogil=True)
-def _bits(value: int) -> int:
-    count = 0
-    while value:
-        value &= value - 1
-        count += 1
-    return count
+def _set_bits(v: int) -> int:
+    """Set bits of a 16-bit value, without branches (the count pass runs on every word)."""
+    v = v - ((v >> 1) & 0x5555)
+    v = (v & 0x3333) + ((v >> 2) & 0x3333)
+    v = (v + (v >> 4)) & 0x0F0F
+    return (v + (v >> 8)) & 0x1F
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_unknown(words: np.ndarray, shift: int, known: int) -> int:
+    for i in range(len(words)):
+        if not (known >> (words[i] >> shift)) & 1:
+            return i
+    return -1
 
 
 @numba.njit(cache=True, nogil=True)
 def evt2_count(words: np.ndarray, known: int) -> tuple[int, int]:
-    """(index of the first word of an unknown type or -1, CD events): CD_OFF / CD_ON, one each."""
-    events = 0
-    for i in range(len(words)):
-        kind = words[i] >> 28
-        if not (known >> kind) & 1:
-            return i, events
+    """(index of the first word of an unknown type or -1, CD events): CD_OFF / CD_ON, one each.
+    Branch-free over the words; only a file with an unknown word is scanned again for its index."""
+    events, unknown = 0, 0
+    for j in range(len(words)):  # numba vectorizes an index loop, not one over the array itself
+        w = words[j]
+        kind = w >> 28
+        unknown |= ~(known >> kind) & 1
         events += kind <= 1
-    return -1, events
+    return (_first_unknown(words, 28, known) if unknown else -1), events
 
 
 @numba.njit(cache=True, nogil=True)
 def evt2_decode(words: np.ndarray, out: np.ndarray) -> tuple[int, int, int]:
     """CD events into ``out``: t from the last EV_TIME_HIGH (0 before the first) and 6 low bits."""
     time_high, last_t, back, max_x, max_y, i = np.int64(0), np.int64(0), -1, 0, 0, 0
-    for w in words:
+    for j in range(len(words)):
+        w = words[j]
         kind = w >> 28
         if kind <= 1:
             t = (time_high << 6) | ((w >> 22) & 0x3F)
@@ -63,20 +77,14 @@ def evt2_decode(words: np.ndarray, out: np.ndarray) -> tuple[int, int, int]:
 @numba.njit(cache=True, nogil=True)
 def evt3_count(words: np.ndarray, known: int) -> tuple[int, int]:
     """(index of the first word of an unknown type or -1, CD events): one per EVT_ADDR_X, one per
-    set bit of the 12 / 8 low bits of VECT_12 / VECT_8."""
-    events = 0
-    for i in range(len(words)):
-        w = words[i]
+    set bit of the 12 / 8 low bits of VECT_12 / VECT_8. Branch-free, as ``evt2_count``."""
+    events, unknown = 0, 0
+    for j in range(len(words)):  # numba vectorizes an index loop, not one over the array itself
+        w = words[j]
         kind = w >> 12
-        if not (known >> kind) & 1:
-            return i, events
-        if kind == 0x2:
-            events += 1
-        elif kind == 0x4:
-            events += _bits(w & 0xFFF)
-        elif kind == 0x5:
-            events += _bits(w & 0xFF)
-    return -1, events
+        unknown |= ~(known >> kind) & 1
+        events += _set_bits(w & VECTOR_BITS[kind]) + (kind == 0x2)
+    return (_first_unknown(words, 12, known) if unknown else -1), events
 
 
 @numba.njit(cache=True, nogil=True)
@@ -88,7 +96,8 @@ def evt3_decode(words: np.ndarray, out: np.ndarray) -> tuple[int, int, int]:
     y, p, t, base_x = 0, 0, np.int64(0), 0
     time_low, time_high, low_wraps, high_wraps = np.int64(0), np.int64(0), np.int64(0), np.int64(0)
     max_x, max_y, i = 0, 0, 0
-    for w in words:
+    for j in range(len(words)):
+        w = words[j]
         kind = w >> 12
         if kind == 0x0:
             y = w & 0x7FF

@@ -14,11 +14,10 @@ DAT: after the header, two bytes (event type, event size = 8), then little-endia
 as one wrap.
 
 RAW (EVT 2.0 and EVT 3.0): the header's ``% evt 2.0`` / ``% evt 3.0`` line (or ``% format EVT2`` /
-``EVT3``) names the encoding. Decoding is expelliarmus' (a maintained C decoder, several times
-faster than numpy over the words). Its C code trusts its input (a header line without a line end
-makes it loop forever; unknown word types abort it), so it never sees the user's file: the body is
-checked here (whole words, only word types it knows, an event count within ``MAX_EVENTS``) and
-handed over in a private copy behind a fixed header and one neutral word.
+``EVT3``) names the encoding. The body is decoded from the bytes in memory by compiled passes
+(``pipelines.formats.evt``) that follow expelliarmus' decoder word for word: one pass checks the
+words (whole words, only known word types, an event count within ``MAX_EVENTS``) before anything
+is allocated, the next writes the events and the extent the sensor-size check needs.
 
 - EVT 2.0: little-endian 32-bit words, the type in bits 28-31. ``CD_OFF`` (0) / ``CD_ON`` (1)
   carry the 6 low time bits in 22-27, x in 11-21 and y in 0-10; ``EV_TIME_HIGH`` (8) carries
@@ -33,11 +32,7 @@ handed over in a private copy behind a fixed header and one neutral word.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +45,6 @@ from storage.schema import EVENT_DTYPE
 DAT_RECORD = np.dtype([("t", "<u4"), ("data", "<u4")])
 DAT_EVENT_TYPES = {0x00, 0x0C}  # Event2d, EventCD
 WRAP_US = 2**32
-EVT2_CD_ON = 0x1
-EVT2_KNOWN_TYPES = {0x0, 0x1, 0x8, 0xA, 0xE, 0xF}
 PLUGIN_SIZES = {"gen3": (640, 480), "gen31": (640, 480), "gen4": (1280, 720), "gen41": (1280, 720)}
 
 
@@ -88,16 +81,16 @@ def _header_sensor_size(lines: list[str]) -> tuple[int, int] | None:
     return None
 
 
-def _finish(path: str | Path, events: np.ndarray, header_size: tuple[int, int] | None):
-    check_time_order(path, events["t"])
+def _sensor_size(
+    path: str | Path, count: int, max_x: int, max_y: int, header_size: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The header's sensor size, which every event must lie on; without one, the events' extent."""
     if header_size is None:
-        if len(events) == 0:
-            return events, (0, 0)
-        return events, (int(events["x"].max()) + 1, int(events["y"].max()) + 1)
+        return (max_x + 1, max_y + 1) if count else (0, 0)
     width, height = header_size
-    if len(events) and (events["x"].max() >= width or events["y"].max() >= height):
+    if count and (max_x >= width or max_y >= height):
         raise BadInput(path, f"event coordinates outside the {width}x{height} sensor")
-    return events, header_size
+    return header_size
 
 
 def read_prophesee_dat(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
@@ -120,38 +113,34 @@ def read_prophesee_dat(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
         t = t + np.concatenate(([0], np.cumsum(np.diff(t) < -(WRAP_US // 2)))) * WRAP_US
     data = records["data"]
     events = make_events(data & 0x3FFF, (data >> 14) & 0x3FFF, t, ((data >> 28) & 0xF) > 0)
-    return _finish(path, events, _header_sensor_size(lines))
+    check_time_order(path, events["t"])
+    max_x, max_y = (int(events[name].max()) if len(events) else 0 for name in ("x", "y"))
+    return events, _sensor_size(path, len(events), max_x, max_y, _header_sensor_size(lines))
 
 
 @dataclass(frozen=True)
 class RawEncoding:
-    """What the checks before decoding need to know about one RAW encoding."""
+    """What reading one RAW encoding needs: its word, the word types it may hold, its passes."""
 
     name: str  # as in the header: "2.0", "3.0"
-    wizard: str  # expelliarmus' name for it
     word: str  # numpy dtype of one word
-    type_shift: int
     known_types: frozenset[int]
-    neutral_word: int  # a word that decodes to nothing (type "other")
+    passes: str  # prefix of its count / decode functions in pipelines.formats.evt
 
-    def event_count(self, words: np.ndarray, kinds: np.ndarray, per_type: np.ndarray) -> int:
-        if self.wizard == "evt2":
-            return int(per_type[: EVT2_CD_ON + 1].sum())
-        vect12 = (words[kinds == EVT3_VECT_12] & 0xFFF).astype("<u2")
-        vect8 = (words[kinds == EVT3_VECT_8] & 0xFF).astype("<u2")
-        return int(per_type[EVT3_ADDR_X]) + sum(
-            int(np.unpackbits(v.view(np.uint8)).sum()) for v in (vect12, vect8) if len(v)
-        )
+    @property
+    def known_mask(self) -> int:
+        return sum(1 << kind for kind in self.known_types)
 
 
-EVT2 = RawEncoding("2.0", "evt2", "<u4", 28, frozenset(EVT2_KNOWN_TYPES), 0xE << 28)
-EVT3 = RawEncoding(
-    "3.0", "evt3", "<u2", 12, frozenset({0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x8, 0xC, 0xE, 0xF}), 0xE << 12
-)
-EVT3_ADDR_X, EVT3_VECT_12, EVT3_VECT_8 = 0x2, 0x4, 0x5
+EVT2 = RawEncoding("2.0", "<u4", frozenset({0x0, 0x1, 0x8, 0xA, 0xE, 0xF}), "evt2")
+#: CONTINUED_4 (7) is left out: expelliarmus, which the decoding follows, does not know it either
+EVT3 = RawEncoding("3.0", "<u2", frozenset({0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x8, 0xC, 0xE, 0xF}), "evt3")
 #: more events than this in one file is refused: a corrupt EVT 3.0 body can claim up to six events
 #: per byte, and a recording this long is better sliced before it is stored
 MAX_EVENTS = 100_000_000
+#: EVT 3.0 vectors run x on past the 11-bit address field: beyond this the file is corrupt (and
+#: expelliarmus' int16 coordinates turn negative)
+MAX_VECTOR_X = 0x7FFF
 
 
 def _raw_encoding(path: str | Path, lines: list[str]) -> RawEncoding:
@@ -165,6 +154,8 @@ def _raw_encoding(path: str | Path, lines: list[str]) -> RawEncoding:
 
 def read_prophesee_raw(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     """CD events and sensor size ``(width, height)`` of a Prophesee EVT 2.0 or EVT 3.0 RAW file."""
+    from pipelines.formats import evt  # numba: imported by the first RAW read, not by every command
+
     raw = read_bytes(path)
     lines, pos = _split_percent_header(raw)
     encoding = _raw_encoding(path, lines)
@@ -175,45 +166,17 @@ def read_prophesee_raw(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
             path, f"truncated: body of {len(body)} bytes is not a whole number of {8 * size}-bit words"
         )
     words = np.frombuffer(body, dtype=encoding.word)
-    kinds = (words >> encoding.type_shift).astype(np.uint8)
-    per_type = np.bincount(kinds, minlength=16)
-    unknown = [kind for kind in np.flatnonzero(per_type) if kind not in encoding.known_types]
-    if unknown:
-        i = int(np.flatnonzero(np.isin(kinds, unknown))[0])
-        raise BadInput(path, f"unknown EVT {encoding.name} word type {int(kinds[i]):#x} at word {i}")
-    count = encoding.event_count(words, kinds, per_type)
+    unknown, count = getattr(evt, f"{encoding.passes}_count")(words, encoding.known_mask)
+    if unknown >= 0:
+        kind = int(words[unknown]) >> (8 * size - 4)
+        raise BadInput(path, f"unknown EVT {encoding.name} word type {kind:#x} at word {unknown}")
     if count > MAX_EVENTS:
         raise BadInput(path, f"{count} events, more than the {MAX_EVENTS} one recording may hold")
-    events = _expelliarmus_decode(path, encoding, body, count) if count else np.empty(0, EVENT_DTYPE)
-    return _finish(path, events, _header_sensor_size(lines))
-
-
-#: memory-backed where Linux has it, so the private copy never touches a disk
-PRIVATE_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-
-
-@contextmanager
-def _private_file(*parts: bytes | memoryview) -> Iterator[str]:
-    """A path to a new file holding ``parts``, removed afterwards (expelliarmus reads only paths)."""
-    with tempfile.TemporaryDirectory(prefix="tmkt-raw-", dir=PRIVATE_DIR) as tmp:
-        path = Path(tmp) / "body.raw"
-        with open(path, "wb") as out:
-            for part in parts:
-                out.write(part)
-        yield str(path)
-
-
-def _expelliarmus_decode(path: str | Path, encoding: RawEncoding, body: memoryview, count: int) -> np.ndarray:
-    """Decode a checked body with expelliarmus, from a private copy with a header it parses safely."""
-    from expelliarmus import Wizard
-
-    header = f"% evt {encoding.name}\n".encode()
-    neutral = np.array([encoding.neutral_word], dtype=encoding.word).tobytes()
-    with _private_file(header + neutral, body) as copy:
-        decoded = Wizard(encoding=encoding.wizard).read(copy)
-    if decoded is None or len(decoded) != count:
-        got = "nothing" if decoded is None else f"{len(decoded)} events"
-        raise BadInput(path, f"EVT {encoding.name} decoder gave {got}, the words hold {count} events")
-    if decoded["x"].min() < 0 or decoded["y"].min() < 0:  # int16: vectors ran past x = 32767
-        raise BadInput(path, "negative event coordinates: corrupt vector events")
-    return make_events(decoded["x"], decoded["y"], decoded["t"], decoded["p"])
+    events = np.empty(count, dtype=EVENT_DTYPE)
+    back, max_x, max_y = getattr(evt, f"{encoding.passes}_decode")(words, events)
+    if back >= 0:
+        t = events["t"]
+        raise BadInput(path, f"time goes back from {int(t[back - 1])} to {int(t[back])} us at event {back}")
+    if max_x > MAX_VECTOR_X:
+        raise BadInput(path, f"event x up to {max_x}: corrupt vector events")
+    return events, _sensor_size(path, count, max_x, max_y, _header_sensor_size(lines))

@@ -228,7 +228,7 @@ def test_config_ranges_and_the_train_config_keys():
 def test_train_keys_reach_the_loader():
     from tmkt.config import TrainConfig, config_with
     from tmkt.system import Dist
-    from tmkt.train import train_loader
+    from tmkt.train_setup import train_loader
 
     cfg = config_with(TrainConfig(), {"rotate": "15", "cutout": "4", "drop_time": "0.25", "hflip": "true"})
     loader = train_loader(make_data(n=20), cfg, "mix", Dist(), torch.device("cpu"))

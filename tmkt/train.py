@@ -5,8 +5,8 @@
 
 Configuration (`tmkt.config`): the ``TrainConfig`` defaults, then ``--config FILE`` (JSON or TOML),
 then the named flags, then ``key=value`` overrides typed by the dataclass fields; ``tmkt train --help``
-lists every key. Run records are `tmkt.records`, device and RNG helpers `tmkt.system`; this module is
-the loop. Validation data is the store's
+lists every key. Run records are `tmkt.records`, device and RNG helpers `tmkt.system`, the data,
+loaders and optimizer `tmkt.train_setup`; this module is the loop. Validation data is the store's
 "val" split (the split is made once, when the store is built, so every method and seed sees the same
 one), or with ``eval_split=unused`` every train/val recording the run does not train on; the "test"
 split, when the store has one, is evaluated once at the end. The budget is ``epochs``, raised on small
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,10 +37,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from tmkt.augment import AugmentConfig
 from tmkt.config import TrainConfig, budget_epochs
 from tmkt.config import main as config_main
-from tmkt.data import UNUSED
 from tmkt.evaluate import accuracy_on, checkpoint_metadata, eval_loader
 from tmkt.methods import Method, build_method, require_statics
 from tmkt.models import build_model
@@ -53,7 +50,6 @@ from tmkt.records import (
     save_weights,
     write_json,
 )
-from tmkt.streaming import StreamConfig, load_split, make_loader
 from tmkt.system import (
     Dist,
     amp_context,
@@ -66,104 +62,7 @@ from tmkt.system import (
     setup_distributed,
     to_device,
 )
-
-
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay from ``lr`` to ``min_lr`` over the whole run (or constant)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if not cfg.cosine_lr:
-        return cfg.lr
-    ratio = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * min(1.0, ratio)))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # No weight decay on BN/bias/PLIF scalars (1-D parameters), as usual for conv nets.
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-
-
-@dataclass
-class Datasets:
-    train: Any  # tmkt.data.MixData
-    val: Any | None
-    test: Any | None
-    snapshot: str
-    classes: list[str]
-    frames_key: str
-
-
-def _split_or_none(
-    path: str, snapshot: str, split: str, frames_key: str | None, stream: StreamConfig, **subset: Any
-):
-    data = load_split(path, snapshot=snapshot, split=split, frames_key=frames_key, stream=stream, **subset)
-    return data if len(data.event_labels) else None
-
-
-def load_datasets(cfg: TrainConfig) -> Datasets:
-    """Train/val/test from one pinned snapshot, so a refresh during training changes nothing."""
-    from storage.reader import DatasetReader
-
-    reader = DatasetReader(cfg.store, cfg.snapshot or None)
-    snapshot, key = reader.snapshot_id, cfg.frames_key or reader.default_frame_key()
-    stream = cfg.stream_config()
-    train = load_split(
-        cfg.store,
-        snapshot=snapshot,
-        split="train",
-        frames_key=key,
-        max_recordings_per_class=cfg.max_recordings_per_class or None,
-        seed=cfg.seed,
-        stream=stream,
-    )
-    counts = {name: len(reader.split_indices(name)) for name in ("val", "test")}
-    if cfg.eval_split == UNUSED:  # the complement of the training subset drawn above
-        subset = {"max_recordings_per_class": cfg.max_recordings_per_class or None, "seed": cfg.seed}
-        val = _split_or_none(cfg.store, snapshot, UNUSED, key, stream, **subset)
-    else:
-        val = _split_or_none(cfg.store, snapshot, "val", key, stream) if counts["val"] else None
-    test = _split_or_none(cfg.store, snapshot, "test", key, stream) if counts["test"] else None
-    return Datasets(train, val, test, snapshot, reader.classes, key)
-
-
-def in_memory_datasets(data, val_data, test_data) -> Datasets:
-    snapshot = getattr(data, "snapshot", "") or ""
-    classes = list(getattr(data, "classes", None) or [str(k) for k in range(data.num_classes)])
-    return Datasets(data, val_data, test_data, snapshot, classes, getattr(data, "frames_key", "") or "")
-
-
-def train_loader(
-    data, cfg: TrainConfig, mode: str, ddp: Dist, device: torch.device, with_events: bool = False
-):
-    from tmkt.loader import LoaderConfig
-
-    augment = AugmentConfig.from_fields(cfg)
-    lcfg = LoaderConfig(
-        batch_size=cfg.batch_size,
-        mode=mode,
-        shuffle=True,
-        seed=cfg.seed,
-        augment=augment,
-        # DDP: every rank must run the same number of steps, or the gradient all-reduce hangs
-        drop_last=ddp.world_size > 1,
-        device=device.type,
-        num_threads=cfg.num_threads,
-        with_events=with_events and mode == "mix",
-    )
-    return make_loader(data, lcfg, rank=ddp.rank, world_size=ddp.world_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# the loop
+from tmkt.train_setup import Datasets, in_memory_datasets, load_datasets, lr_at, make_optimizer, train_loader
 
 
 @dataclass

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from storage.schema import EVENT_DTYPE
 
@@ -81,6 +80,8 @@ def _offsets(config: DvsSimulatorConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _log_frame(intensity: np.ndarray, offset: np.ndarray, eps: float) -> np.ndarray:
+    from scipy import ndimage  # here, not at import: scipy.ndimage alone is 0.3 s of `tmkt --help`
+
     # sensor moves by +offset, so the scene moves by -offset on the sensor; (rows, cols) = (y, x)
     shifted = ndimage.shift(intensity, (-offset[1], -offset[0]), order=1, mode="nearest")
     return np.log(shifted + eps)

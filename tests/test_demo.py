@@ -29,6 +29,8 @@ def test_demo_writes_a_consistent_report_and_stops_its_services(tmp_path):
             str(data),
             "--epochs",
             "2",
+            "--min-steps",
+            "0",
             "--recordings-per-class",
             "6",
             "--per-class",
@@ -50,6 +52,9 @@ def test_demo_writes_a_consistent_report_and_stops_its_services(tmp_path):
     assert set(summary["methods"]) == {"tmkt", "event"}
     assert summary["recordings"] == 60 and sum(summary["splits"].values()) == 60
     assert summary["design"]["seeds"] == [0, 1] and summary["design"]["event_recordings_per_class"] == 2
+    # the deployment built the store at the demo's T, and every run trained exactly --epochs
+    assert summary["design"]["time_bins"] == 6 and summary["design"]["epochs"] == 2
+    assert summary["design"]["training"]["min_steps"] == 0
     index = (out / "index.md").read_text()
     for method, row in summary["methods"].items():
         assert row["seeds"] == 2 and row["train_n"] == 20 and row["held_out"]["n"] == 40

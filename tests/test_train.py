@@ -476,6 +476,18 @@ def _fake_run(
     return run
 
 
+def test_the_table_carries_firing_rate_and_synops_per_method(tmp_path):
+    from tmkt.plots import results_table
+
+    runs = [_fake_run(tmp_path, "tmkt", seed, [0.5], None) for seed in (0, 1)]
+    for run, rate, synops in zip(runs, (0.10, 0.20), (2.0e6, 4.0e6), strict=True):
+        result = json.loads((run / "result.json").read_text())
+        result["energy"] = {"firing_rate": rate, "synops": synops}
+        (run / "result.json").write_text(json.dumps(result))
+    # firing rate 15.00 ± 7.07 %; SynOps 3.00 ± 1.41 million
+    assert "| tmkt | 2 | ? | ? | 50.00 ± 0.00 | ? | n/a | 15.00 ± 7.07 | 3.00 ± 1.41 |" in results_table(runs)
+
+
 def test_plots_and_table_aggregate_seeds(tmp_path):
     from tmkt.plots import group_runs, plot_curves, results_table
 
@@ -488,7 +500,7 @@ def test_plots_and_table_aggregate_seeds(tmp_path):
     # mean 85.00, sample std of (80, 90) = 7.07; test: mean 75.00 +- 7.07; one seed has no spread;
     # n per split: one value, a range when seeds differ, "?" for runs that did not record it
     assert "| tmkt | 2 | 48-50 | 20 | 85.00 ± 7.07 | 30 | 75.00 ± 7.07 |" in table
-    assert "| event | 1 | ? | ? | 60.00 | ? | n/a |" in table
+    assert "| event | 1 | ? | ? | 60.00 | ? | n/a | n/a | n/a |" in table
     assert group_runs(runs)["tmkt"][1].curve == {0: 0.6, 1: 0.9}
     png = plot_curves(runs, tmp_path / "plots" / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -36,6 +36,9 @@ class Run:
     test_accuracy: float | None
     curve: dict[int, float] = field(default_factory=dict)  # epoch -> validation accuracy
     counts: dict[str, int | None] = field(default_factory=dict)  # recordings: train_n, val_n, test_n
+    # per inference on the validation recordings (`tmkt.energy`); None for runs that did not count it
+    firing_rate: float | None = None
+    synops: float | None = None
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -60,6 +63,8 @@ def load_run(run_dir: str | Path) -> Run:
         test_accuracy=result.get("test_accuracy"),
         curve=curve,
         counts={key: result.get(key) for key in ("train_n", "val_n", "test_n")},
+        firing_rate=(result.get("energy") or {}).get("firing_rate"),
+        synops=(result.get("energy") or {}).get("synops"),
     )
 
 
@@ -105,8 +110,9 @@ def plot_curves(run_dirs: list[Path], out_png: str | Path) -> Path:
     return out_png
 
 
-def _cell(values: list[float | None]) -> str:
-    present = [v * 100.0 for v in values if v is not None]
+def _cell(values: list[float | None], scale: float = 100.0) -> str:
+    """Mean ± std over seeds of ``values * scale`` (percent by default)."""
+    present = [v * scale for v in values if v is not None]
     if not present:
         return "n/a"
     mean, std = mean_std(present)
@@ -122,18 +128,23 @@ def _count(runs: list[Run], key: str) -> str:
 
 
 def results_table(run_dirs: list[Path]) -> str:
-    """Markdown table: per method, the number of seeds, the recordings of each split (n) and the
-    accuracy (%) as mean ± std over seeds."""
+    """Markdown table: per method, the number of seeds, the recordings of each split (n), the
+    accuracy (%) as mean ± std over seeds, and what an inference costs: the mean firing rate of the
+    spiking layers and the SynOps (millions), as mean ± std over seeds."""
     lines = [
-        "| method | seeds | train n | val n | val accuracy (%) | test n | test accuracy (%) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | seeds | train n | val n | val accuracy (%) | test n | test accuracy (%) "
+        "| firing rate (%) | SynOps (M) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method, runs in group_runs(run_dirs).items():
         val = _cell([r.val_accuracy for r in runs])
         test = _cell([r.test_accuracy for r in runs])
         n = {key: _count(runs, key) for key in ("train_n", "val_n", "test_n")}
+        rate = _cell([r.firing_rate for r in runs])
+        synops = _cell([r.synops for r in runs], scale=1e-6)
         lines.append(
-            f"| {method} | {len(runs)} | {n['train_n']} | {n['val_n']} | {val} | {n['test_n']} | {test} |"
+            f"| {method} | {len(runs)} | {n['train_n']} | {n['val_n']} | {val} | {n['test_n']} | {test} "
+            f"| {rate} | {synops} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tmkt.config import TrainConfig, budget_epochs
 from tmkt.config import main as config_main
+from tmkt.energy import CostMeter
 from tmkt.evaluate import accuracy_on, checkpoint_metadata, eval_loader
 from tmkt.methods import Method, build_method, require_statics
 from tmkt.models import build_model
@@ -299,6 +300,12 @@ def finish(run: Run, progress: Progress) -> dict[str, Any]:
     if ds.test is not None and not progress.stopped:
         test = eval_loader(ds.test, cfg.eval_batch_size or cfg.batch_size, device)
         test_accuracy, n_test = accuracy_on(run.raw_model, test, device, amp_context(cfg.amp, device))
+    energy = None
+    if ds.val is not None and not progress.stopped:  # what an inference costs, on the validation data
+        val = eval_loader(ds.val, cfg.eval_batch_size or cfg.batch_size, device)
+        with CostMeter(run.raw_model) as meter:
+            accuracy_on(run.raw_model, val, device)
+        energy = meter.report()
     T, _, H, W = ds.train.event_frames.shape[1:]
     model_cfg = cfg.model_config(run.method.mag_head, run.method.mrp_head)
     meta = checkpoint_metadata(
@@ -331,6 +338,7 @@ def finish(run: Run, progress: Progress) -> dict[str, Any]:
         "backbone": cfg.backbone,
         "world_size": run.ddp.world_size,
         "device": str(device),
+        "energy": energy,
         "config": asdict(cfg),
     }
     write_json(run.out / "result.json", result)

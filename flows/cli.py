@@ -19,6 +19,10 @@ from pathlib import Path
 PASSTHROUGH: dict[str, tuple[str, str]] = {
     "train": ("tmkt.config", "train a spiking network on a store (methods tmkt, event, finetune, he2024)"),
     "eval": ("tmkt.evaluate", "evaluate a checkpoint on a store's event recordings"),
+    "export": (
+        "tmkt.export",
+        "write a checkpoint's classifier as a NIR graph (neuromorphic hardware, snnTorch, ...)",
+    ),
     "experiment": ("tmkt.experiments", "a grid of runs (methods x seeds x data budget) and its report"),
     "serve": ("flows.serve", "serve the Prefect deployments (long-running)"),
     "server": ("flows.server", "start, stop or query a local Prefect server"),

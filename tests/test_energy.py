@@ -63,6 +63,21 @@ def test_counts_equal_a_hand_count_on_known_spikes():
     assert [c["kind"] for c in report["ops"]] == ["encoding", "spiking", "head"]
 
 
+def synops_of(x: torch.Tensor) -> float:
+    model = Tiny()
+    with torch.no_grad(), CostMeter(model) as meter:
+        model(x)
+    return meter.report()["synops"]
+
+
+def test_pooled_spikes_are_counted_by_the_pooling_area_not_by_the_values_seen():
+    x = torch.zeros(1, 1, 2, 4, 4)
+    x[:, :, 0, 0, 0] = x[:, :, 0, 0, 1] = 2.0  # two spikes in one 2x2 window: its pooled cell holds 0.5
+    assert synops_of(x) == 2 * 12  # not 12, as if 0.5 were one spike
+    x[:, :, 0, 2, 2] = x[:, :, 0, 2, 3] = x[:, :, 0, 3, 2] = 2.0  # three in another window: 0.75
+    assert synops_of(x) == 5 * 12
+
+
 def test_synops_count_borders_exactly():
     conv = nn.Conv2d(1, 4, 3, padding=1)
     corner, centre = torch.zeros(1, 1, 5, 5), torch.zeros(1, 1, 5, 5)
@@ -79,6 +94,10 @@ def test_a_non_spike_input_to_a_spiking_layer_is_refused():
     x = torch.rand(2, 1, 2, 4, 4)
     with pytest.raises(ValueError, match="not spikes"), torch.no_grad(), CostMeter(model):
         model(x)
+    model.backbone[1], model.backbone[2] = nn.Identity(), nn.Identity()  # no pooling either
+    counts = torch.full((2, 1, 2, 4, 4), 3.0)  # whole numbers, but 6 per pixel is not a spike
+    with pytest.raises(ValueError, match="not spikes"), torch.no_grad(), CostMeter(model):
+        model(counts)
 
 
 def test_eval_energy_json_on_a_trained_checkpoint(tmp_path, built):  # noqa: F811

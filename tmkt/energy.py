@@ -19,7 +19,9 @@ The counts are exact for the input they see: forward hooks on the model count, p
 (input spike, output neuron) connections with an all-ones kernel of the same shape, stride and
 padding, so borders are counted as they are. A convolution after 2x2 average pooling of spikes reads
 spike counts divided by the pool's area; each spike still reaches every neuron the pooled value
-does, so its input is scaled back to spike counts first (max pooling of spikes passes spikes on).
+does, so its input is scaled back to spike counts first, by the area of the pooling that precedes it
+in the model (max pooling of spikes passes spikes on). The area comes from the architecture, not
+from the values seen: a batch whose pooled cells all hold two spikes would otherwise be counted half.
 The MAG and MRP heads serve training only and are not counted (``tmkt export`` leaves them out too).
 """
 
@@ -71,18 +73,25 @@ class CostMeter:
     neurons: dict[str, NeuronCost] = field(default_factory=dict)
     samples: int = 0
     time_steps: int = 0
+    #: per spike-driven convolution, the area of the average pooling between it and the spikes
+    pooled_area: dict[str, int] = field(default_factory=dict)
 
     def __enter__(self) -> CostMeter:
         self._handles = [self.model.register_forward_pre_hook(self._count_samples)]
-        first = True
+        first, area = True, 1
+        # modules in the order they are built, which is the order the backbones run them in
         for name, module in self.model.named_modules():
             if isinstance(module, BaseNode):
                 self.neurons[name] = NeuronCost(name)
                 self._handles.append(module.register_forward_hook(self._neuron_hook(name)))
+                area = 1  # fresh spikes
+            elif isinstance(module, nn.AvgPool2d) and name.startswith("backbone."):
+                area *= _area(module)
             elif isinstance(module, nn.Conv2d | nn.Linear) and name.startswith(("backbone.", "classifier")):
                 kind = "head" if name.startswith("classifier") else ("encoding" if first else "spiking")
                 first = first and kind != "encoding"
                 self.layers[name] = LayerCost(name, kind)
+                self.pooled_area[name] = area
                 self._handles.append(module.register_forward_hook(self._layer_hook(name)))
         return self
 
@@ -116,7 +125,7 @@ class CostMeter:
             if cost.kind == "encoding":
                 cost.ops += cost.dense_macs_per_step * steps
             else:
-                cost.ops += synops_conv(module, spike_counts(x, name))
+                cost.ops += synops_conv(module, spike_counts(x, self.pooled_area[name], name))
 
         return hook
 
@@ -156,22 +165,21 @@ class CostMeter:
         }
 
 
-def _area(module: nn.Conv2d) -> int:
-    kh, kw = module.kernel_size
+def _area(module: nn.Conv2d | nn.AvgPool2d) -> int:
+    size = module.kernel_size  # an int or a pair for pooling, a pair for convolutions
+    kh, kw = (size, size) if isinstance(size, int) else size
     return kh * kw
 
 
-def spike_counts(x: torch.Tensor, name: str) -> torch.Tensor:
-    """A spike-driven layer's input as spike counts: binary spikes as they are, average-pooled spikes
-    (multiples of 1/area) times the area. Anything else is not spike-driven: ValueError."""
-    positive = x[x > 0]
-    if positive.numel() == 0:
-        return x
-    scale = float(torch.round(1.0 / positive.min()))
-    counts = x * scale
-    if scale < 1 or not torch.allclose(counts, torch.round(counts), atol=1e-4):
+def spike_counts(x: torch.Tensor, area: int, name: str) -> torch.Tensor:
+    """A spike-driven layer's input as spike counts: binary spikes (``area`` 1) as they are, spikes
+    average-pooled over ``area`` cells (multiples of 1/area, at most 1) times the area. Anything else
+    is not spike-driven: ValueError."""
+    counts = x * area
+    rounded = torch.round(counts)
+    if not torch.allclose(counts, rounded, atol=1e-4) or rounded.min() < 0 or rounded.max() > area:
         raise ValueError(f"{name}: input is not spikes or pooled spikes; cannot count SynOps")
-    return torch.round(counts)
+    return rounded
 
 
 def synops_conv(module: nn.Conv2d, counts: torch.Tensor) -> float:

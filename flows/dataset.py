@@ -140,7 +140,6 @@ def build_dataset(
     dask_address: str | None = default("dask_address"),
     max_bad_fraction: float = default("max_bad_fraction"),
     batch_size: int = default("batch_size"),
-    rehash: bool = default("rehash"),
     source_options: dict[str, Any] | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
@@ -162,17 +161,13 @@ def refresh_dataset(
     static: str | None = None,
     workers: int | None = None,
     dask_address: str | None = None,
-    rehash: bool = False,
 ) -> dict[str, Any]:
     """Bring a store up to date with its raw folder: one new snapshot, or nothing when nothing changed.
 
     Every data parameter comes from the store's recorded build parameters; ``raw``/``static`` (moved
-    folders) and ``workers``/``dask_address`` (where it runs) may be overridden. A file whose size
-    and mtime are those of its manifest row is taken as unchanged unless ``rehash``.
+    folders) and ``workers``/``dask_address`` (where it runs) may be overridden.
     """
-    config = refresh_config(
-        store, raw=raw, static=static, workers=workers, dask_address=dask_address, rehash=rehash
-    )
+    config = refresh_config(store, raw=raw, static=static, workers=workers, dask_address=dask_address)
     return _run(config, "refresh", force=False)
 
 
@@ -180,7 +175,7 @@ def refresh_config(store: str, **overrides: Any) -> BuildConfig:
     """The store's recorded `BuildConfig`, with the non-None ``overrides`` applied."""
     recorded = DatasetReader(store).build_params
     known = {f.name for f in fields(BuildConfig)}
-    params = {k: v for k, v in recorded.items() if k in known and k != "rehash"}  # per run, not recorded
+    params = {k: v for k, v in recorded.items() if k in known}
     params.update({k: v for k, v in overrides.items() if v is not None})
     params["store"] = store
     if params.get("size"):

@@ -79,15 +79,6 @@ class BuildConfig:
     dask_address: str | None = param(None, "use an existing Dask scheduler (tcp://host:port)")
     max_bad_fraction: float = param(0.1, "fail past this share of bad recordings")
     batch_size: int = param(32, "recordings per Dask task")
-    # A refresh of 70k unchanged files should cost 70k stat calls, not 1.5 GB of hashing. A file
-    # rewritten with the same size and its old mtime restored is only caught with --rehash (or by
-    # `tmkt store verify`, which always hashes).
-    rehash: bool = param(
-        False,
-        "hash every raw file; by default a file whose size and mtime (ns) equal its manifest row's is "
-        "taken as unchanged without reading it",
-        action="store_true",
-    )
     #: options of the source adapter (its dataclass fields), e.g. {"recordings_per_class": 10} for builtin
     source_options: dict[str, Any] = param(
         {},

@@ -41,7 +41,7 @@ class BatchResult:
 def hash_batch(plan: BuildPlan, indices: Sequence[int]) -> list[dict[str, Any]]:
     """Manifest rows (size, content hash) of one batch: enough to tell what changed."""
     raw = Path(plan.config.raw)
-    return [_manifest_row(raw, plan.work[i], plan.config.rehash) for i in indices]
+    return [_manifest_row(raw, plan.work[i]) for i in indices]
 
 
 def process_batch(
@@ -146,9 +146,7 @@ class _PreviousBatch:
         return self.events[w.previous_index], self.sensors[w.previous_index]
 
 
-def _manifest_row(raw: Path, w: Work, rehash: bool) -> dict[str, Any]:
-    """The file's manifest row: size, mtime and content hash. Unless ``rehash``, a file whose size and
-    mtime equal its previous row's keeps that row's hash without being read (one stat call)."""
+def _manifest_row(raw: Path, w: Work) -> dict[str, Any]:
     item = w.item
     row: dict[str, Any] = {
         "path": item.path,
@@ -165,14 +163,8 @@ def _manifest_row(raw: Path, w: Work, rehash: bool) -> dict[str, Any]:
         return row
     file = raw / item.raw_file
     try:
-        stat = file.stat()
-        row["size"], row["mtime_ns"] = stat.st_size, stat.st_mtime_ns
-        before = w.previous or {}
-        same = (before.get("size"), before.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
-        if same and not rehash and before.get("status") == "ok" and before.get("sha256"):
-            row["sha256"] = before["sha256"]
-        else:
-            row["sha256"] = file_sha256(file)
+        row["size"] = file.stat().st_size
+        row["sha256"] = file_sha256(file)
     except OSError as err:
         row.update(size=0, sha256="", status="quarantined", reason=f"unreadable: {err.strerror or err}")
     return row

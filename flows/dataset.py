@@ -32,6 +32,7 @@ from pipelines.build import (
     BuildResult,
     dask_client,
     execute_plan,
+    noop_refresh,
     plan_build,
     run_as_writer,
 )
@@ -102,6 +103,9 @@ def plan_task(config: BuildConfig) -> BuildPlan:
 def execute_task(plan: BuildPlan, force: bool = False) -> BuildResult:
     """Hash, decode or reuse, bin and write on Dask; one commit, or none when nothing changed."""
     logger = get_run_logger()
+    unchanged = noop_refresh(plan, force)
+    if unchanged is not None:  # size and mtime vouch for every file: no cluster is started
+        return unchanged
     where = plan.config.dask_address or f"a local cluster of {plan.config.workers} workers"
     logger.info("processing %d recordings on %s", len(plan.work), where)
     with dask_client(plan.config.workers, plan.config.dask_address) as client:
@@ -140,6 +144,7 @@ def build_dataset(
     dask_address: str | None = default("dask_address"),
     max_bad_fraction: float = default("max_bad_fraction"),
     batch_size: int = default("batch_size"),
+    rehash: bool = default("rehash"),
     source_options: dict[str, Any] | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
@@ -161,13 +166,18 @@ def refresh_dataset(
     static: str | None = None,
     workers: int | None = None,
     dask_address: str | None = None,
+    rehash: bool = False,
 ) -> dict[str, Any]:
     """Bring a store up to date with its raw folder: one new snapshot, or nothing when nothing changed.
 
     Every data parameter comes from the store's recorded build parameters; ``raw``/``static`` (moved
-    folders) and ``workers``/``dask_address`` (where it runs) may be overridden.
+    folders) and ``workers``/``dask_address`` (where it runs) may be overridden. A file whose size and
+    mtime match the store's manifest is taken as unchanged without reading it; ``rehash`` hashes
+    every file (a build's ``rehash`` is not recorded for later refreshes).
     """
-    config = refresh_config(store, raw=raw, static=static, workers=workers, dask_address=dask_address)
+    config = refresh_config(
+        store, raw=raw, static=static, workers=workers, dask_address=dask_address, rehash=rehash
+    )
     return _run(config, "refresh", force=False)
 
 
@@ -175,7 +185,7 @@ def refresh_config(store: str, **overrides: Any) -> BuildConfig:
     """The store's recorded `BuildConfig`, with the non-None ``overrides`` applied."""
     recorded = DatasetReader(store).build_params
     known = {f.name for f in fields(BuildConfig)}
-    params = {k: v for k, v in recorded.items() if k in known}
+    params = {k: v for k, v in recorded.items() if k in known and k != "rehash"}
     params.update({k: v for k, v in overrides.items() if v is not None})
     params["store"] = store
     if params.get("size"):

@@ -15,7 +15,7 @@ store is declared once::
                               S samples cut from the N recordings
     frames/<key>/recording int64 [S]         (only with ``slices``) the recording of each sample
     frames/<key>/static uint8  [M,H,W]       static images at the frames' size (gray or V)
-    manifest                  attrs["rows"]: one row per raw input (path, size, sha256, status, reason)
+    manifest                  attrs["rows"]: a row per raw input (path, size, mtime_ns, sha256, status, why)
     report                    attrs: the build report (counts, quarantined, timings)
     /                         attrs[DIGESTS]: every array's content digests, per shard (storage.digests)
 

@@ -6,6 +6,8 @@ A build runs in stages that pass paths and ids, never arrays, so an orchestrator
    and cut the work into batches.
 2. `process_batch` (`process`, on Dask workers): hash, decode or reuse, bin to frames, quarantine
    bad files.
+   A refresh stats first: `noop_refresh` answers "nothing changed" from sizes and mtimes alone,
+   before any cluster starts.
 3. `execute_plan` (`write`): write whole shards from the workers into one transaction, attach
    manifest and report (`report`), and commit once.
 
@@ -22,8 +24,15 @@ from pipelines.build.config import (
     build_config_from_args,
 )
 from pipelines.build.plan import BuildPlan, Work, plan_build
-from pipelines.build.process import BatchResult, hash_batch, load_statics, process_batch
-from pipelines.build.write import STATIC_STORE_SIZE, BuildResult, execute_plan, run_as_writer, run_build
+from pipelines.build.process import BatchResult, hash_batch, load_statics, process_batch, stat_batch
+from pipelines.build.write import (
+    STATIC_STORE_SIZE,
+    BuildResult,
+    execute_plan,
+    noop_refresh,
+    run_as_writer,
+    run_build,
+)
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -42,8 +51,10 @@ __all__ = [
     "hash_batch",
     "load_statics",
     "local_cluster",
+    "noop_refresh",
     "plan_build",
     "process_batch",
     "run_as_writer",
     "run_build",
+    "stat_batch",
 ]

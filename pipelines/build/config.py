@@ -79,6 +79,13 @@ class BuildConfig:
     dask_address: str | None = param(None, "use an existing Dask scheduler (tcp://host:port)")
     max_bad_fraction: float = param(0.1, "fail past this share of bad recordings")
     batch_size: int = param(32, "recordings per Dask task")
+    rehash: bool = param(
+        False,
+        "hash every raw file, even one whose size and mtime match the previous snapshot (a refresh"
+        " otherwise trusts them, so a file rewritten with its size and mtime restored is only seen"
+        " with this)",
+        action="store_true",
+    )
     #: options of the source adapter (its dataclass fields), e.g. {"recordings_per_class": 10} for builtin
     source_options: dict[str, Any] = param(
         {},

@@ -24,6 +24,9 @@ from storage.repo import StoreNotFound
 from storage.schema import FrameSpec
 from storage.verify import file_sha256
 
+#: Age (ns) below which a file's mtime is not trusted by the next refresh (see `content_digest`).
+RACY_NS = 2_000_000_000
+
 
 @dataclass
 class Work:
@@ -113,7 +116,8 @@ def plan_build(config: BuildConfig) -> BuildPlan:
         bad_statics=listing.bad_statics,
         specs=specs,
         previous_snapshot=previous.snapshot_id if previous else None,
-        reuse_statics=previous is not None and _statics_unchanged(previous, listing, raw, static, specs),
+        reuse_statics=previous is not None
+        and _statics_unchanged(previous, listing, raw, static, specs, config.rehash),
         unchanged_params=unchanged_params,
         removed=removed,
     )
@@ -129,7 +133,12 @@ def _open_previous(store: str) -> DatasetReader | None:
 
 
 def _statics_unchanged(
-    previous: DatasetReader, listing: Listing, raw: Path, static: Path | None, specs: list[FrameSpec]
+    previous: DatasetReader,
+    listing: Listing,
+    raw: Path,
+    static: Path | None,
+    specs: list[FrameSpec],
+    rehash: bool,
 ) -> bool:
     """True when the static files hash as before and every wanted representation exists.
 
@@ -137,20 +146,45 @@ def _statics_unchanged(
     there (the built-in one), as `load_statics` reads them. Files quarantined at listing count too:
     unchanged, they stay quarantined and change nothing.
     """
-    old = {row["path"]: row["sha256"] for row in previous.manifest if row.get("kind") == "static"}
+    old = {row["path"]: row for row in previous.manifest if row.get("kind") == "static"}
     files = sorted({item.path for item in listing.statics} | {path for path, _ in listing.bad_statics})
     if sorted(old) != files or not set(s.key for s in specs) <= set(previous.frame_keys()):
         return False
     root = static if static is not None else raw
-    return all(static_sha256(root / path) == old[path] for path in files)
+    return all(static_sha256(root / path, old[path], rehash) == old[path]["sha256"] for path in files)
 
 
-def static_sha256(path: Path) -> str:
+def static_sha256(path: Path, previous: dict[str, Any] | None = None, rehash: bool = True) -> str:
     """The content hash recorded for a static file; "" for one that cannot be read."""
     try:
-        return file_sha256(path)
+        return content_digest(path, previous, rehash)["sha256"]
     except OSError:
         return ""
+
+
+def content_digest(
+    path: Path, previous: dict[str, Any] | None, rehash: bool, read: bool = True
+) -> dict[str, Any]:
+    """``size``, ``mtime_ns`` and ``sha256`` of a file, stat first: when size and mtime equal the
+    ``previous`` manifest row's, its hash is taken without reading the file (a no-op refresh costs a
+    stat per file), unless ``rehash``. With ``read`` False a file that would need reading gets
+    ``sha256`` None instead. Raises OSError.
+
+    A file modified less than `RACY_NS` before this stat gets no ``mtime_ns``, so the next refresh
+    hashes it: a second write within the same mtime tick (coarse clocks) would keep size and mtime.
+    """
+    stat = path.stat()
+    mtime = stat.st_mtime_ns if time.time_ns() - stat.st_mtime_ns > RACY_NS else None
+    trusted = (
+        not rehash
+        and previous is not None
+        and bool(previous.get("sha256"))
+        and mtime is not None
+        and previous.get("mtime_ns") == mtime
+        and previous.get("size") == stat.st_size
+    )
+    digest = previous["sha256"] if trusted else file_sha256(path) if read else None  # type: ignore[index]
+    return {"size": stat.st_size, "mtime_ns": mtime, "sha256": digest}
 
 
 @lru_cache(maxsize=4)

@@ -92,11 +92,11 @@ def test_nir_round_trip_through_snntorch_gives_the_same_spikes_and_logits(tmp_pa
     assert torch.equal(logits.mean(0).argmax(-1), reference.mean(0).argmax(-1))
 
 
-def export(tmp_path, backbone: str) -> subprocess.CompletedProcess:
+def export(tmp_path, backbone: str, out=None) -> subprocess.CompletedProcess:
     model = trained_like(backbone)
     meta = checkpoint_metadata(model.cfg, [str(k) for k in range(CLASSES)], "k", T, SIZE, "tmkt", "s", 0, 0)
     save_weights(tmp_path, model, meta)
-    out = tmp_path / "model.nir"
+    out = out or tmp_path / "model.nir"
     command = [sys.executable, "-m", "flows.cli", "export", "--checkpoint", str(tmp_path / "checkpoint.pt")]
     return subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=300)
 
@@ -126,3 +126,13 @@ def test_what_nir_cannot_express_is_one_line_and_exit_2(tmp_path, backbone, reas
     assert done.returncode == 2
     assert reason in done.stderr and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "model.nir").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"), [("missing/model.nir", "does not exist"), (".", "is a directory")]
+)
+def test_an_out_path_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, where, reason):
+    done = export(tmp_path, "small", out=tmp_path / where)
+    assert done.returncode == 2
+    assert reason in done.stderr and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # nothing partial left

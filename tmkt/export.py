@@ -16,7 +16,8 @@ network trained here runs in those frameworks and on neuromorphic hardware. What
 Neurons, as spikingjelly defines them, in discrete steps: ``H = V + (X - V) / tau`` (decay_input,
 ``v_reset = 0``), a spike where ``H >= v_threshold``, then ``V = 0`` (hard reset). NIR's LIF is
 continuous, ``tau dv/dt = (v_leak - v) + r I``; its Euler step of length ``dt`` is the same update
-when ``tau_NIR = tau * dt``, ``r = 1``, ``v_leak = 0``, ``v_reset = 0``. The graph's metadata records
+when ``tau_NIR = tau * dt``, ``r = 1``, ``v_leak = 0``, ``v_reset = 0``. spikingjelly's IF,
+``H = V + X``, is NIR's ``dv/dt = r I`` when ``r = 1 / dt``. The graph's metadata records
 ``dt`` (1e-4 s, the step snnTorch's NIR import assumes) and the number of time steps. One NIR time
 step is one frame of the store's ``[T, 2, H, W]`` input.
 
@@ -66,7 +67,7 @@ def neuron_node(node: nn.Module, shape: tuple[int, ...], name: str) -> Any:
     full = {"v_threshold": np.full(shape, float(node.v_threshold), np.float32)}
     full["v_reset"] = np.zeros(shape, np.float32)
     if isinstance(node, neuron.IFNode):
-        return nir.IF(r=np.ones(shape, np.float32), **full)
+        return nir.IF(r=np.full(shape, 1.0 / DT, np.float32), **full)  # dv/dt = r I: one step adds I
     if isinstance(node, neuron.ParametricLIFNode):
         tau = float(1.0 / torch.sigmoid(node.w.detach()))
     elif isinstance(node, neuron.LIFNode):

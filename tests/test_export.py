@@ -14,6 +14,7 @@ import snntorch.utils
 import torch
 from snntorch.import_nir import import_from_nir
 from spikingjelly.activation_based.neuron import BaseNode
+from spikingjelly.activation_based.nir_exchange import import_from_nir as sj_import_from_nir
 
 from tmkt.evaluate import checkpoint_metadata
 from tmkt.export import DT, to_nir
@@ -37,9 +38,9 @@ def trained_like(backbone: str = "small", neuron: str = "lif") -> torch.nn.Modul
     return model.eval()
 
 
-def spikes_of(model: torch.nn.Module, kinds: tuple[type, ...], run) -> tuple[torch.Tensor, list[float]]:
-    """``run()``'s output and the spikes each neuron layer of ``kinds`` emitted, in layer order."""
-    layers = [m for m in model.modules() if isinstance(m, kinds)]
+def spikes_of(model: torch.nn.Module, is_neuron, run) -> tuple[torch.Tensor, list[float]]:
+    """``run()``'s output and the spikes each module ``is_neuron`` accepts emitted, in layer order."""
+    layers = [m for m in model.modules() if is_neuron(m)]
     counts = [0.0] * len(layers)
 
     def hook(index: int):
@@ -59,11 +60,15 @@ def spikes_of(model: torch.nn.Module, kinds: tuple[type, ...], run) -> tuple[tor
     return output, counts
 
 
+def is_sj_neuron(module: torch.nn.Module) -> bool:
+    return isinstance(module, BaseNode)
+
+
 @pytest.mark.parametrize("neuron", ["lif", "plif"])
 def test_nir_round_trip_through_snntorch_gives_the_same_spikes_and_logits(tmp_path, neuron):
     model = trained_like(neuron=neuron)
     x = torch.poisson(torch.full((T, 3, 2, *SIZE), 0.6))  # event counts of 3 samples (seeded above)
-    reference, sj_spikes = spikes_of(model, (BaseNode,), lambda: model(x).logits)
+    reference, sj_spikes = spikes_of(model, is_sj_neuron, lambda: model(x).logits)
 
     path = tmp_path / "model.nir"
     nir.write(str(path), to_nir(model, T, SIZE))
@@ -84,7 +89,7 @@ def test_nir_round_trip_through_snntorch_gives_the_same_spikes_and_logits(tmp_pa
             per_sample.append(torch.stack([s[0] if isinstance(s, tuple) else s for s in steps]))
         return torch.stack(per_sample, 1)
 
-    logits, snn_spikes = spikes_of(imported, (snntorch.Leaky,), run_imported)
+    logits, snn_spikes = spikes_of(imported, lambda m: isinstance(m, snntorch.Leaky), run_imported)
     assert sum(sj_spikes) > 1000, "the input drives the network"
     # the same spikes in every layer; logits equal up to float32 rounding of the folded weights
     assert snn_spikes == sj_spikes
@@ -92,11 +97,27 @@ def test_nir_round_trip_through_snntorch_gives_the_same_spikes_and_logits(tmp_pa
     assert torch.equal(logits.mean(0).argmax(-1), reference.mean(0).argmax(-1))
 
 
-def export(tmp_path, backbone: str) -> subprocess.CompletedProcess:
+def test_if_neurons_round_trip_through_spikingjellys_nir_import(tmp_path):
+    """NIR's IF is dv/dt = r I, so one step of dt adds the input when r = 1 / dt; snnTorch 1.0's
+    import reads an IF as a leaky neuron (beta 0.9), so spikingjelly's own import checks it."""
+    model = trained_like(neuron="if")
+    x = torch.poisson(torch.full((T, 3, 2, *SIZE), 0.6))
+    reference, sj_spikes = spikes_of(model, is_sj_neuron, lambda: model(x).logits)
+    path = tmp_path / "model.nir"
+    nir.write(str(path), to_nir(model, T, SIZE))
+    imported = sj_import_from_nir(nir.read(str(path)), dt=DT, step_mode="m")
+    # the import wraps each neuron in a module that steps it functionally: count at the wrapper
+    wrapped = lambda m: isinstance(getattr(m, "module", None), BaseNode)  # noqa: E731
+    logits, imported_spikes = spikes_of(imported, wrapped, lambda: imported(x)[0])
+    assert sum(sj_spikes) > 1000 and imported_spikes == sj_spikes
+    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
+
+
+def export(tmp_path, backbone: str, out=None) -> subprocess.CompletedProcess:
     model = trained_like(backbone)
     meta = checkpoint_metadata(model.cfg, [str(k) for k in range(CLASSES)], "k", T, SIZE, "tmkt", "s", 0, 0)
     save_weights(tmp_path, model, meta)
-    out = tmp_path / "model.nir"
+    out = out or tmp_path / "model.nir"
     command = [sys.executable, "-m", "flows.cli", "export", "--checkpoint", str(tmp_path / "checkpoint.pt")]
     return subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=300)
 
@@ -126,3 +147,13 @@ def test_what_nir_cannot_express_is_one_line_and_exit_2(tmp_path, backbone, reas
     assert done.returncode == 2
     assert reason in done.stderr and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "model.nir").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"), [("missing/model.nir", "does not exist"), (".", "is a directory")]
+)
+def test_an_out_path_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, where, reason):
+    done = export(tmp_path, "small", out=tmp_path / where)
+    assert done.returncode == 2
+    assert reason in done.stderr and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # nothing partial left

@@ -16,7 +16,8 @@ network trained here runs in those frameworks and on neuromorphic hardware. What
 Neurons, as spikingjelly defines them, in discrete steps: ``H = V + (X - V) / tau`` (decay_input,
 ``v_reset = 0``), a spike where ``H >= v_threshold``, then ``V = 0`` (hard reset). NIR's LIF is
 continuous, ``tau dv/dt = (v_leak - v) + r I``; its Euler step of length ``dt`` is the same update
-when ``tau_NIR = tau * dt``, ``r = 1``, ``v_leak = 0``, ``v_reset = 0``. The graph's metadata records
+when ``tau_NIR = tau * dt``, ``r = 1``, ``v_leak = 0``, ``v_reset = 0``. spikingjelly's IF,
+``H = V + X``, is NIR's ``dv/dt = r I`` when ``r = 1 / dt``. The graph's metadata records
 ``dt`` (1e-4 s, the step snnTorch's NIR import assumes) and the number of time steps. One NIR time
 step is one frame of the store's ``[T, 2, H, W]`` input.
 
@@ -26,7 +27,7 @@ blocks (`resnet18`), a neuron without hard reset to 0.
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def neuron_node(node: nn.Module, shape: tuple[int, ...], name: str) -> Any:
     full = {"v_threshold": np.full(shape, float(node.v_threshold), np.float32)}
     full["v_reset"] = np.zeros(shape, np.float32)
     if isinstance(node, neuron.IFNode):
-        return nir.IF(r=np.ones(shape, np.float32), **full)
+        return nir.IF(r=np.full(shape, 1.0 / DT, np.float32), **full)  # dv/dt = r I: one step adds I
     if isinstance(node, neuron.ParametricLIFNode):
         tau = float(1.0 / torch.sigmoid(node.w.detach()))
     elif isinstance(node, neuron.LIFNode):
@@ -154,20 +155,43 @@ def to_nir(model: nn.Module, time_steps: int, size: tuple[int, int]) -> Any:
     return nir.NIRGraph(graph_nodes, list(zip(names, names[1:], strict=False)), metadata=metadata)
 
 
+def checked_out(out: str | Path) -> Path:
+    """``out`` when a file can be written there: a mistyped path is one line before any work."""
+    out = Path(out)
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a directory; name the .nir file to write")
+    if not out.parent.is_dir():
+        raise ExportError(f"--out {out}: directory {out.parent} does not exist")
+    return out
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write ``checkpoint``'s classifier to ``out`` as NIR; returns what was written."""
+    """Write ``checkpoint``'s classifier to ``out`` as NIR; returns what was written.
+
+    The file is written beside ``out`` and renamed into place, so a failed write leaves no partial
+    graph under the name a consumer would read."""
     import nir
 
     from tmkt.evaluate import load_checkpoint
 
+    out = checked_out(out)
     model, meta = load_checkpoint(checkpoint, "cpu")
     graph = to_nir(model, int(meta["T"]), tuple(meta["size"]))
-    nir.write(str(out), graph)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        nir.write(str(partial), graph)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise ExportError(f"--out {out}: cannot write: {reason}") from err
+    partial.replace(out)
     return {"out": str(out), "nodes": len(graph.nodes), "backbone": meta["model_config"]["backbone"]}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tmkt export", description=__doc__.split("\n\n")[0])
+    from tmkt.evaluate import OneLineParser
+
+    parser = OneLineParser(prog="tmkt export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint.pt of tmkt train")
     parser.add_argument("--out", required=True, help="the .nir file to write")
     args = parser.parse_args(argv)

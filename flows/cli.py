@@ -33,6 +33,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "decode": ("benches.decode", "each event format's reader, events/s against tonic / expelliarmus"),
     "loader": ("benches.loader", "mixed samples/s of the DALI loader against DataLoader baselines"),
     "train": ("benches.train", "training samples/s and data-wait share per backbone"),
+    "scale": ("benches.scale", "every stage from 1k to 70k recordings, with tonic beside it"),
 }
 
 

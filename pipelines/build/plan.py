@@ -143,7 +143,7 @@ def _statics_unchanged(
     """True when the static files hash as before and every wanted representation exists.
 
     Paths are relative to the static folder, or to the raw folder when a source keeps its statics
-    there (the built-in one), as `load_statics` reads them. Files quarantined at listing count too:
+    there (the built-in one), as `probe_statics` reads them. Files quarantined at listing count too:
     unchanged, they stay quarantined and change nothing.
     """
     old = {row["path"]: row for row in previous.manifest if row.get("kind") == "static"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -31,9 +31,10 @@ class EventItem:
         return self.file or self.path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StaticItem:
-    """One static image: a file, or one entry of a container file (IDX, CIFAR batch)."""
+    """One static image: a file, or one entry of a container file (IDX, CIFAR batch). Slotted: a
+    listing of ImageNet or a 150,000-image IDX file keeps one per image in the coordinator."""
 
     path: str  # relative to the static root
     index: int  # entry inside the file; 0 for one-image files
@@ -122,6 +123,16 @@ class SplitParams:
             self.val_fraction, self.test_fraction, self.split_seed
         )
 
+    def load_statics(self, static: Path, items: Sequence[StaticItem]) -> list[np.ndarray]:
+        """``load_static`` of each of ``items``, entries of one file: a container source overrides
+        it to read only the part of the file the items are in."""
+        return [self.load_static(static, item) for item in items]  # type: ignore[attr-defined]
+
+    def static_shapes(self, static: Path, items: Sequence[StaticItem]) -> list[tuple[int, ...]]:
+        """The shapes ``load_statics`` gives, failing where it fails, without keeping the pixels
+        (one image at a time here; a container source reads its header only)."""
+        return [self.load_static(static, item).shape for item in items]  # type: ignore[attr-defined]
+
 
 class Source(Protocol):
     """A dataset layout. Decoding raises ``pipelines.errors.BadInput`` naming the file."""
@@ -142,6 +153,14 @@ class Source(Protocol):
 
     def load_static(self, static: Path, item: StaticItem) -> np.ndarray:
         """uint8 ``[H, W]`` or ``[H, W, 3]``."""
+        ...
+
+    def load_statics(self, static: Path, items: Sequence[StaticItem]) -> list[np.ndarray]:
+        """``load_static`` of several entries of one file (`SplitParams` gives every adapter one)."""
+        ...
+
+    def static_shapes(self, static: Path, items: Sequence[StaticItem]) -> list[tuple[int, ...]]:
+        """The shapes of ``load_statics(static, items)``, with its failures, holding no pixels."""
         ...
 
     def default_static(self, raw: Path) -> Path | None:

@@ -52,7 +52,8 @@ def _cached_batch(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_batch_cached(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A whole CIFAR batch, read once per process: static images are loaded one by one."""
+    """A whole CIFAR batch, read once per worker process: a pickle cannot be read in part, and a
+    build's shards of images each take a run of one batch's images."""
     try:
         stat = Path(path).stat()
     except OSError as err:
@@ -74,8 +75,8 @@ def list_cifar_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, 
         if not os.path.lexists(path):  # anything else there (a FIFO, a broken link) is read and reported
             continue
         rel = path.relative_to(static).as_posix()
-        try:
-            _, labels = read_batch_cached(path)
+        try:  # not cached: the coordinator lists, the workers read the images (`read_batch_cached`)
+            _, labels = read_cifar_batch(path)
         except BadInput as err:
             bad.append((rel, err.reason))
             continue

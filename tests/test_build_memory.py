@@ -1,0 +1,100 @@
+"""The build's coordinator never holds the static images: workers load and write them shard by shard.
+
+A store whose statics are a 150,000-image MNIST-format IDX file (118 MB) and a few dozen N-MNIST
+recordings is built in a fresh process, so that its peak RSS (``ru_maxrss``) is this build's alone.
+Gathering every image into the coordinator, stacking them and their static frames, peaks at several
+times their size; the coordinator may grow by no more than a third of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.formats.idx import write_idx
+from pipelines.formats.nmnist import write_nmnist
+from storage.reader import DatasetReader
+from storage.schema import EVENT_DTYPE
+
+IMAGES = 150_000
+RECORDINGS_PER_DIGIT = 3
+#: the checkout this test belongs to: the build runs its code
+ROOT = Path(__file__).resolve().parents[1]
+
+#: run in a fresh interpreter: RSS after imports, the build on its own two-worker cluster, then
+#: every process's peak RSS (KiB on Linux)
+BUILD_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    from distributed import Client
+    from pipelines.build import BuildConfig, local_cluster, run_build
+
+    def peak_kib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    raw, static, store = sys.argv[1:4]
+    imported = peak_kib()
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        started = peak_kib()
+        config = BuildConfig(source="nmnist", raw=raw, static=static, store=store, workers=2)
+        result = run_build(config, client=client)
+        workers = list(client.run(peak_kib).values())
+    print(json.dumps({"imported": imported, "started": started, "peak": peak_kib(), "workers": workers,
+                      "committed": result.committed}))
+    """
+)
+
+
+def write_recordings(raw: Path, rng: np.random.Generator) -> None:
+    """A few small N-MNIST recordings per digit, in the download's ``Train/<digit>/`` layout."""
+    for digit in range(10):
+        folder = raw / "Train" / str(digit)
+        folder.mkdir(parents=True)
+        for i in range(RECORDINGS_PER_DIGIT):
+            events = np.zeros(500, dtype=EVENT_DTYPE)
+            events["x"] = rng.integers(0, 34, len(events))
+            events["y"] = rng.integers(0, 34, len(events))
+            events["t"] = np.sort(rng.integers(0, 300_000, len(events)))
+            events["p"] = rng.integers(0, 2, len(events))
+            write_nmnist(folder / f"{i:05d}.bin", events)
+
+
+def test_coordinator_peak_rss_stays_far_below_the_statics(tmp_path):
+    rng = np.random.default_rng(0)
+    raw, static, store = tmp_path / "raw", tmp_path / "static", tmp_path / "store"
+    write_recordings(raw, rng)
+    static.mkdir()
+    images = rng.integers(0, 256, (IMAGES, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, IMAGES).astype(np.uint8)
+    write_idx(static / "train-images-idx3-ubyte", images)
+    write_idx(static / "train-labels-idx1-ubyte", labels)
+
+    # through a shell that forks it: an exec'd child inherits its parent's peak RSS as its own
+    # ru_maxrss (the kernel keeps it across exec), and this test's process holds the images
+    launch = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", BUILD_SCRIPT]
+    done = subprocess.run(
+        [*launch, str(raw), str(static), str(store)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rss = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"RSS KiB: {rss}; statics {images.nbytes >> 10} KiB")
+    assert rss["committed"]
+    grown = rss["peak"] - rss["imported"]
+    assert grown < images.nbytes / 3 / 1024, f"coordinator grew by {grown} KiB for {images.nbytes >> 10} KiB"
+
+    reader = DatasetReader(store)
+    assert reader.n_recordings == 10 * RECORDINGS_PER_DIGIT
+    np.testing.assert_array_equal(reader.images(), images[..., None])
+    np.testing.assert_array_equal(reader.image_labels, labels)
+    assert (reader.image_splits == 0).all()  # only the train file: every image is "train"

@@ -32,6 +32,7 @@ from pipelines.build.process import (
 )
 from pipelines.build.report import build_report, commit_message, find_changes
 from pipelines.images import static_frames
+from pipelines.sources.base import StaticItems
 from storage import layout
 from storage.reader import DatasetReader
 from storage.repo import StoreConflict, writer_lock
@@ -251,8 +252,8 @@ def _probe_statics(plan: BuildPlan, client: Any, plan_future: Any) -> _Statics:
         ]
         statics = _Statics(
             rows=rows,
-            labels=np.array([plan.statics[i].label for i in items], dtype=np.int16),
-            splits=np.array([SPLITS.index(plan.static_splits[i]) for i in items], dtype=np.uint8),
+            labels=plan.statics.labels[items].astype(np.int16),
+            splits=_split_codes(plan.statics)[items],
             shape=_stored_shape(set().union(*(p["sizes"] for p in parts)), any(p["color"] for p in parts)),
             items=items,
         )
@@ -280,17 +281,22 @@ def _static_files(plan: BuildPlan) -> list[tuple[str, np.ndarray]]:
     """Each static file with the indices of its items in ``plan.statics``, in the store's order:
     files sorted by path in runs of `STATIC_FILES_PER_TASK`, the files of a run in listing order,
     the items of a file in listing order (the order builds have always stored)."""
-    first: dict[str, int] = {}
-    for i, item in enumerate(plan.statics):
-        first.setdefault(item.path, i)
-    names = sorted(first)
-    runs = range(0, len(names), STATIC_FILES_PER_TASK)
-    ordered = [p for i in runs for p in sorted(names[i : i + STATIC_FILES_PER_TASK], key=first.__getitem__)]
-    rank = {path: r for r, path in enumerate(ordered)}
-    codes = np.fromiter((rank[item.path] for item in plan.statics), np.int64, len(plan.statics))
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(ordered) + 1))
-    return [(path, order[bounds[r] : bounds[r + 1]]) for r, path in enumerate(ordered)]
+    statics = plan.statics
+    codes, first = np.unique(statics.path_codes, return_index=True)  # files with items only
+    names = sorted(zip((statics.paths[c] for c in codes), first, codes, strict=True))
+    step = STATIC_FILES_PER_TASK
+    ordered = [f for i in range(0, len(names), step) for f in sorted(names[i : i + step], key=lambda f: f[1])]
+    rank = np.zeros(len(statics.paths), np.int64)
+    rank[[code for _, _, code in ordered]] = np.arange(len(ordered))
+    order = np.argsort(rank[statics.path_codes], kind="stable")
+    bounds = np.searchsorted(rank[statics.path_codes][order], np.arange(len(ordered) + 1))
+    return [(path, order[bounds[r] : bounds[r + 1]]) for r, (path, _, _) in enumerate(ordered)]
+
+
+def _split_codes(statics: StaticItems) -> np.ndarray:
+    """uint8 `SPLITS` index of every item; an image without a published split is for training."""
+    named = np.array([SPLITS.index(split or "train") for split in statics.splits], dtype=np.uint8)
+    return named[statics.split_codes]
 
 
 def _stored_shape(sizes: set[tuple[int, int]], color: bool) -> tuple[int, int, int]:

@@ -24,7 +24,7 @@ import numpy as np
 from pipelines.errors import BadInput
 from pipelines.formats.idx import idx_shape, is_gzip, read_idx, read_idx_rows
 from pipelines.formats.nmnist import read_nmnist
-from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem
+from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem, StaticItems
 from pipelines.sources.folder import class_folder_events, require_dir
 
 NMNIST_CLASSES = [str(digit) for digit in range(10)]
@@ -64,14 +64,14 @@ def _find(static: Path, stem: str) -> Path | None:
     return None
 
 
-def list_mnist_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, str]]]:
+def list_mnist_statics(static: Path) -> tuple[StaticItems, list[tuple[str, str]]]:
     """StaticItems of the IDX pairs present in ``static`` (see the module docstring for splits)."""
     pairs = {
         prefix: (_find(static, f"{prefix}-images-idx3-ubyte"), _find(static, f"{prefix}-labels-idx1-ubyte"))
         for prefix in ("train", "t10k")
     }
     only_t10k = pairs["train"] == (None, None)
-    items: list[StaticItem] = []
+    parts: list[StaticItems] = []
     bad: list[tuple[str, str]] = []
     for prefix, (images_path, labels_path) in pairs.items():
         if images_path is None and labels_path is None:
@@ -98,12 +98,8 @@ def list_mnist_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, 
             bad.append((labels_path.name, "labels outside 0..9"))
             continue
         split = "train" if prefix == "train" or only_t10k else "test"
-        name = images_path.name  # one string for every item of the file
-        items += [
-            StaticItem(path=name, index=i, label=int(label), split=split)
-            for i, label in enumerate(labels.tolist())
-        ]
-    return items, bad
+        parts.append(StaticItems.of_file(images_path.name, labels, split))
+    return StaticItems.concat(parts), bad
 
 
 @dataclass

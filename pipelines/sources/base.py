@@ -34,7 +34,8 @@ class EventItem:
 @dataclass(frozen=True, slots=True)
 class StaticItem:
     """One static image: a file, or one entry of a container file (IDX, CIFAR batch). Slotted: a
-    listing of ImageNet or a 150,000-image IDX file keeps one per image in the coordinator."""
+    folder listing (ImageNet: 1.28 M files) holds one per image until the plan keeps them as
+    `StaticItems`."""
 
     path: str  # relative to the static root
     index: int  # entry inside the file; 0 for one-image files
@@ -83,31 +84,26 @@ class StaticItems(Sequence[StaticItem]):
 
     @classmethod
     def of_file(cls, path: str, labels: np.ndarray, split: str | None) -> StaticItems:
-        """Every entry of one container file: entry ``i`` has label ``labels[i]``."""
+        """Every entry of one container file: entry ``i`` has label ``labels[i]`` (an empty file
+        lists no path, as a list of its items would hold none)."""
         count = len(labels)
-        return cls([path], [split], np.zeros(count), np.arange(count), labels, np.zeros(count))
+        named = [path] if count else []
+        return cls(
+            named, [split] if count else [], np.zeros(count), np.arange(count), labels, np.zeros(count)
+        )
 
     @classmethod
     def concat(cls, parts: Iterable[StaticItems]) -> StaticItems:
         parts = list(parts)
         paths = list(dict.fromkeys(p for part in parts for p in part.paths))
         splits = list(dict.fromkeys(s for part in parts for s in part.splits))
-
-        def recoded(names: list, new: list, codes: np.ndarray) -> np.ndarray:
-            return (
-                np.array([new.index(name) for name in names], dtype=np.int64)[codes] if len(codes) else codes
-            )
-
-        return cls(
-            paths,
-            splits,
-            np.concatenate([np.zeros(0, np.int32)] + [recoded(p.paths, paths, p.path_codes) for p in parts]),
-            np.concatenate([np.zeros(0, np.int64)] + [p.indices for p in parts]),
-            np.concatenate([np.zeros(0, np.int64)] + [p.labels for p in parts]),
-            np.concatenate(
-                [np.zeros(0, np.int8)] + [recoded(p.splits, splits, p.split_codes) for p in parts]
-            ),
-        )
+        columns = [
+            [_recode(part.path_codes, part.paths, paths) for part in parts],
+            [part.indices for part in parts],
+            [part.labels for part in parts],
+            [_recode(part.split_codes, part.splits, splits) for part in parts],
+        ]
+        return cls(paths, splits, *(np.concatenate([np.zeros(0, np.int64), *column]) for column in columns))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -136,6 +132,11 @@ class StaticItems(Sequence[StaticItem]):
 
     def __repr__(self) -> str:
         return f"StaticItems({len(self)} items in {len(self.paths)} files)"
+
+
+def _recode(codes: np.ndarray, names: list, table: list) -> np.ndarray:
+    """``codes`` into ``names`` as codes into ``table``, which holds every one of ``names``."""
+    return np.array([table.index(name) for name in names] + [0], dtype=np.int64)[codes]
 
 
 @dataclass

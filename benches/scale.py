@@ -349,9 +349,7 @@ def measure_size(
     result: dict[str, Any] = {"geometry": geometry.name, "recordings": n, "raw_bytes": tree_bytes(raw)}
     progress = Progress(f"{geometry.name} {n}")
 
-    tonic = in_child(
-        f"child_tonic({asdict(geometry)!r}, {[str(f) for f in files]!r}, {str(work / 'tonic')!r})"
-    )
+    tonic = in_child(f"child_tonic({asdict(geometry)!r}, {str(raw)!r}, {str(work / 'tonic')!r})")
     shutil.rmtree(work / "tonic", ignore_errors=True)
     result["tonic"] = tonic
     progress.done("tonic", tonic["loop_seconds"] + tonic["cached_seconds"])
@@ -575,18 +573,20 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_start": os.getloadavg(),
         "train_steps": args.train_steps,
     }
-    results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
         scratch = Path(tmp)
-        plans = [(NMNIST, nmnist_seeds(args.seed_raw, scratch), args.sizes, static)]
+        seeds = {NMNIST.name: nmnist_seeds(args.seed_raw, scratch)}
         if args.cifar_sizes:
-            plans.append((CIFAR_LIKE, cifar_like_seeds(scratch), args.cifar_sizes, None))
-        for geometry, seeds, sizes, statics in plans:
-            for n in sizes:
-                results.setdefault(geometry.name, []).append(
-                    measure_size(geometry, seeds, n, scratch, statics, args.train_steps)
-                )
-                write_report(results, args.out, meta)
+            seeds[CIFAR_LIKE.name] = cifar_like_seeds(scratch)
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in seeds}
+        # smallest first, so that a long run reports what it has measured after each size
+        jobs = [(n, NMNIST, static) for n in args.sizes] + [(n, CIFAR_LIKE, None) for n in args.cifar_sizes]
+        jobs.sort(key=lambda job: job[0])
+        for n, geometry, statics in jobs:
+            results[geometry.name].append(
+                measure_size(geometry, seeds[geometry.name], n, scratch, statics, args.train_steps)
+            )
+            write_report(results, args.out, meta)
     meta["load_average_at_end"] = os.getloadavg()
     write_report(results, args.out, meta)
     print((args.out / "scale.md").read_text())

@@ -10,7 +10,7 @@ from typing import Any
 import dask
 
 
-def local_cluster(workers: int) -> Any:
+def local_cluster(workers: int, memory: str = "auto") -> Any:
     """A LocalCluster of ``workers`` single-threaded worker processes, without a dashboard.
 
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so that they hand freed memory
@@ -21,9 +21,16 @@ def local_cluster(workers: int) -> Any:
     """
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    with dask.config.set(
+        {
+            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+            "distributed.worker.memory.pause": False,
+            "distributed.worker.memory.terminate": False,
+        }
+    ):
         return LocalCluster(
             n_workers=workers,
+            memory_limit=memory,
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,

@@ -91,7 +91,8 @@ def run_as_writer(
 
 def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResult:
     batches = plan.batches()
-    plan_future = client.scatter(plan, broadcast=True)
+    # hash=False: tokenizing the plan to name it cost 0.16 ms per recording (11 s at 70,000)
+    plan_future = client.scatter(plan, broadcast=True, hash=False)
     hashed: list[Any] = [None] * len(batches)  # a first build hashes while it decodes
     if plan.previous_snapshot is not None:
         # a refresh hashes first: what is unchanged is reused, and nothing changed means no commit
@@ -103,9 +104,10 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
             return _unchanged(plan, changes)
 
     started = time.perf_counter()
+    places = contiguous_places(client, len(batches))
     futures = [
-        client.submit(process_batch, plan_future, b, h, pure=False)
-        for b, h in zip(batches, hashed, strict=True)
+        client.submit(process_batch, plan_future, b, h, pure=False, workers=w, allow_other_workers=True)
+        for b, h, w in zip(batches, hashed, places, strict=True)
     ]
     metas = _gather_with_progress(client, [client.submit(BatchResult.meta, f) for f in futures], started)
     plan.timings["process"] = time.perf_counter() - started
@@ -139,6 +141,20 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
     report["committed"] = True
     report["snapshot"] = snapshot
     return BuildResult(snapshot, True, report)
+
+
+def contiguous_places(client: Any, batches: int) -> list[list[str]]:
+    """A worker for each batch, in contiguous runs: worker k takes the k-th block of batches.
+
+    A shard is written where most of its batches are; when batches were spread round-robin, every
+    shard task fetched half its batch results from the other workers (the whole result, every field
+    and frame, for each of its fields), and 2 workers wrote only 1.15x faster than one. A worker that
+    falls behind still has its batches taken by the others (the placement is a preference).
+    """
+    workers = sorted(client.scheduler_info()["workers"])
+    if len(workers) < 2:
+        return [[]] * batches
+    return [[workers[i * len(workers) // batches]] for i in range(batches)]
 
 
 def noop_refresh(plan: BuildPlan, force: bool = False) -> BuildResult | None:

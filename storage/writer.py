@@ -2,9 +2,9 @@
 
 `Transaction` opens a writable session on the store's branch and a fork of it. Arrays are created
 on the fork, so a `ShardTarget` can be pickled to parallel writers: each writes whole shards and
-returns a `WriteToken`, an opaque receipt that the coordinator hands back to `merge`. `commit` merges
-the writers' work first and the coordinator's fork last (its metadata is the newest) and commits
-once. Callers never hold an Icechunk session. Until then nothing is visible: a build killed
+returns a `WriteToken`, an opaque receipt that the coordinator hands back to `merge`, which merges
+the writer's work at once; `commit` merges the coordinator's fork last (its metadata is the newest)
+and commits once. Callers never hold an Icechunk session. Until then nothing is visible: a build killed
 half-way leaves the previous snapshot as it was.
 """
 
@@ -105,7 +105,6 @@ class Transaction:
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
-        self._writes: list[WriteToken] = []
         self._parts: dict[str, dict[int, str]] = {}
         self.started = time.time()
 
@@ -152,9 +151,14 @@ class Transaction:
         return array
 
     def merge(self, tokens: Iterable[WriteToken]) -> None:
-        """Take in the work of parallel writers (their `ShardTarget.write` tokens) at commit."""
+        """Take in the work of parallel writers (their `ShardTarget.write` tokens): their forks are
+        merged into the session now, so that only their digests are kept until the commit; tokens
+        of one writer that share a fork merge it once."""
+        tokens = list(tokens)
+        forks = {id(token.fork): token.fork for token in tokens}
+        if forks:
+            self.session.merge(*forks.values())
         for token in tokens:
-            self._writes.append(token)
             self._parts.setdefault(token.name, {}).update(token.parts)
 
     def set_frame_spec(self, spec: FrameSpec) -> None:
@@ -175,9 +179,8 @@ class Transaction:
         self.root.require_group(layout.REPORT).attrs.update(report)
 
     def commit(self, message: str, metadata: dict[str, Any] | None = None) -> str:
-        """Merge the writers' work, record every array's digests, and commit once."""
-        if self._writes:
-            self.session.merge(*(token.fork for token in self._writes))
+        """Merge the coordinator's fork after the writers' work, record every array's digests, and
+        commit once."""
         self.session.merge(self.fork)
         root = zarr.open_group(self.session.store, mode="r+")
         root.attrs[layout.DIGESTS] = self._records(root)

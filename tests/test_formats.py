@@ -38,6 +38,7 @@ from pipelines.formats import (
     write_nmnist,
 )
 from pipelines.formats.aedat4 import _event_packet, _io_header
+from pipelines.formats.idx import idx_shape, is_gzip, read_idx_rows
 from storage.schema import EVENT_DTYPE
 
 SIZES = [0, 1, 7, 5000]
@@ -522,6 +523,29 @@ def test_idx_exact_bytes_and_corruption(tmp_path):
     gz = tmp_path / "bad-idx.gz"
     gz.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 1, 9]))[:-6])
     assert_bad(read_idx, gz, "gzip")
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_shape_and_rows_read_no_more_than_asked(tmp_path, suffix):
+    """A listing measures an IDX file without its values, and a build's shard reads its rows only;
+    both refuse what `read_idx` refuses."""
+    array = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    path = tmp_path / f"images-idx3-ubyte{suffix}"
+    write_idx(path, array)
+    assert idx_shape(path) == (300, 28, 28)
+    assert is_gzip(path) == (suffix == ".gz")
+    if not suffix:
+        np.testing.assert_array_equal(read_idx_rows(path, 17, 42), array[17:42])
+        assert_bad(lambda p: read_idx_rows(p, 290, 301), path, "outside")
+        path.write_bytes(path.read_bytes()[:-1])
+        assert_bad(idx_shape, path, "needs")
+        assert_bad(lambda p: read_idx_rows(p, 0, 1), path, "needs")
+    else:
+        raw = gzip.decompress(path.read_bytes())
+        path.write_bytes(gzip.compress(raw + b"\0"))  # one byte more than the header declares
+        assert_bad(idx_shape, path, "longer")
+        path.write_bytes(gzip.compress(raw)[:-6])
+        assert_bad(idx_shape, path, "gzip")
 
 
 def test_cifar_round_trip_and_meta(tmp_path):

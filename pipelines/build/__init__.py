@@ -24,7 +24,14 @@ from pipelines.build.config import (
     build_config_from_args,
 )
 from pipelines.build.plan import BuildPlan, Work, plan_build
-from pipelines.build.process import BatchResult, hash_batch, load_statics, process_batch, stat_batch
+from pipelines.build.process import (
+    BatchResult,
+    hash_batch,
+    load_static_rows,
+    probe_statics,
+    process_batch,
+    stat_batch,
+)
 from pipelines.build.write import (
     STATIC_STORE_SIZE,
     BuildResult,
@@ -49,10 +56,11 @@ __all__ = [
     "dask_client",
     "execute_plan",
     "hash_batch",
-    "load_statics",
+    "load_static_rows",
     "local_cluster",
     "noop_refresh",
     "plan_build",
+    "probe_statics",
     "process_batch",
     "run_as_writer",
     "run_build",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.build.config import BuildConfig, BuildError, jsonable
-from pipelines.sources.base import EventItem, Listing, StaticItem
+from pipelines.sources.base import EventItem, Listing, StaticItems
 from pipelines.splits import assign_splits
 from storage.reader import DatasetReader
 from storage.repo import StoreNotFound
@@ -50,8 +50,7 @@ class BuildPlan:
     config: BuildConfig
     classes: list[str]
     work: list[Work]
-    statics: list[StaticItem]
-    static_splits: list[str]
+    statics: StaticItems
     bad_statics: list[tuple[str, str]]
     specs: list[FrameSpec]
     previous_snapshot: str | None
@@ -104,20 +103,19 @@ def plan_build(config: BuildConfig) -> BuildPlan:
         Work(item, str(split), prev_rows.get(item.path), prev_index.get(item.path))
         for item, split in zip(listing.events, splits, strict=True)
     ]
-    static_splits = [s.split or "train" for s in listing.statics]
-    listed = {w.item.path for w in work} | {s.path for s in listing.statics}
+    statics = listing.statics if isinstance(listing.statics, StaticItems) else StaticItems.of(listing.statics)
+    listed = {w.item.path for w in work} | set(statics.paths)
     removed = sorted(p for p, row in prev_rows.items() if p not in listed and row.get("kind") == "events")
     plan = BuildPlan(
         config=config,
         classes=listing.classes,
         work=work,
-        statics=listing.statics,
-        static_splits=static_splits,
+        statics=statics,
         bad_statics=listing.bad_statics,
         specs=specs,
         previous_snapshot=previous.snapshot_id if previous else None,
         reuse_statics=previous is not None
-        and _statics_unchanged(previous, listing, raw, static, specs, config.rehash),
+        and _statics_unchanged(previous, statics, listing.bad_statics, raw, static, specs, config.rehash),
         unchanged_params=unchanged_params,
         removed=removed,
     )
@@ -134,7 +132,8 @@ def _open_previous(store: str) -> DatasetReader | None:
 
 def _statics_unchanged(
     previous: DatasetReader,
-    listing: Listing,
+    statics: StaticItems,
+    bad_statics: list[tuple[str, str]],
     raw: Path,
     static: Path | None,
     specs: list[FrameSpec],
@@ -143,11 +142,11 @@ def _statics_unchanged(
     """True when the static files hash as before and every wanted representation exists.
 
     Paths are relative to the static folder, or to the raw folder when a source keeps its statics
-    there (the built-in one), as `load_statics` reads them. Files quarantined at listing count too:
+    there (the built-in one), as `probe_statics` reads them. Files quarantined at listing count too:
     unchanged, they stay quarantined and change nothing.
     """
     old = {row["path"]: row for row in previous.manifest if row.get("kind") == "static"}
-    files = sorted({item.path for item in listing.statics} | {path for path, _ in listing.bad_statics})
+    files = sorted(set(statics.paths) | {path for path, _ in bad_statics})
     if sorted(old) != files or not set(s.key for s in specs) <= set(previous.frame_keys()):
         return False
     root = static if static is not None else raw

@@ -16,7 +16,7 @@ from pipelines.binning import frames_of
 from pipelines.build.plan import BuildPlan, Work, content_digest, previous_reader
 from pipelines.errors import BadInput
 from pipelines.formats import READERS_VERSION
-from pipelines.sources.base import EventItem, StaticItem
+from pipelines.sources.base import EventItem
 from storage.schema import EVENT_DTYPE
 from storage.verify import events_digest
 
@@ -191,31 +191,50 @@ def _decode(source: Any, raw: Path, item: EventItem, row: dict[str, Any]) -> tup
     return events, sensor
 
 
-def load_statics(plan: BuildPlan, paths: Sequence[str]) -> dict[str, Any]:
-    """Load the static images of some files (containers are read once), with their frames."""
+def probe_statics(plan: BuildPlan, files: Sequence[tuple[str, np.ndarray]]) -> dict[str, Any]:
+    """The manifest rows of some static files and the sizes of their good images, but no pixels:
+    what the coordinator needs to lay the images out before the workers write them (`write.py`).
+
+    ``files``: each file with the indices of its items in ``plan.statics``. A file that cannot be
+    read whole is quarantined here, so that the rows the writers fill are known before they start.
+    Returns ``rows``, ``sizes`` (the distinct ``(H, W)``) and ``color`` (any image has 3 channels).
+    """
     source = plan.config.source_adapter()
-    root = Path(plan.config.static) if plan.config.static else Path(plan.config.raw)
-    wanted = set(paths)
-    images, labels, splits, rows = [], [], [], []
-    by_file: dict[str, list[tuple[StaticItem, str]]] = {}
-    for item, split in zip(plan.statics, plan.static_splits, strict=True):
-        if item.path in wanted:
-            by_file.setdefault(item.path, []).append((item, split))
-    for path, entries in by_file.items():
-        file = root / path
-        row = {"path": path, "kind": "static", "status": "ok", "reason": "", "items": len(entries)}
+    root = static_root(plan)
+    rows, sizes, color = [], set(), False
+    for path, indices in files:
+        row = {"path": path, "kind": "static", "status": "ok", "reason": "", "items": len(indices)}
         try:
-            row.update(content_digest(file, None, True))
-            loaded = [source.load_static(root, item) for item, _ in entries]
+            row.update(content_digest(root / path, None, True))
+            shapes = source.static_shapes(root, [plan.statics[i] for i in indices])
         except BadInput as err:
             row.update(status="quarantined", reason=err.reason)
         except OSError as err:
             row.update(status="quarantined", reason=f"unreadable: {err.strerror or err}")
         else:
-            images += loaded
-            labels += [item.label for item, _ in entries]
-            splits += [split for _, split in entries]
+            sizes |= {shape[:2] for shape in shapes}
+            color = color or any(len(shape) == 3 for shape in shapes)
         row.setdefault("size", 0)
         row.setdefault("sha256", "")
         rows.append(row)
-    return {"images": images, "labels": labels, "splits": splits, "rows": rows}
+    return {"rows": rows, "sizes": sizes, "color": color}
+
+
+def load_static_rows(plan: BuildPlan, indices: np.ndarray) -> list[np.ndarray]:
+    """The images of ``plan.statics[indices]`` in that order, as loaded: each run of items of one
+    file in one call, so that a container is read once and only where the run lies."""
+    source = plan.config.source_adapter()
+    root = static_root(plan)
+    items = [plan.statics[i] for i in indices]
+    images: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(items) + 1):
+        if end == len(items) or items[end].path != items[start].path:
+            images += source.load_statics(root, items[start:end])
+            start = end
+    return images
+
+
+def static_root(plan: BuildPlan) -> Path:
+    """The folder static paths are relative to: the static folder, else the raw one (built-in)."""
+    return Path(plan.config.static) if plan.config.static else Path(plan.config.raw)

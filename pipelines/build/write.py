@@ -21,13 +21,22 @@ import numpy as np
 from pipelines.build.cluster import dask_client
 from pipelines.build.config import BuildConfig, BuildError, jsonable
 from pipelines.build.plan import BuildPlan, plan_build, previous_reader, static_sha256
-from pipelines.build.process import BatchResult, hash_batch, load_statics, process_batch, stat_batch
+from pipelines.build.process import (
+    BatchResult,
+    hash_batch,
+    load_static_rows,
+    probe_statics,
+    process_batch,
+    stat_batch,
+    static_root,
+)
 from pipelines.build.report import build_report, commit_message, find_changes
 from pipelines.images import static_frames
+from pipelines.sources.base import StaticItems
 from storage import layout
 from storage.reader import DatasetReader
 from storage.repo import StoreConflict, writer_lock
-from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
+from storage.schema import EVENT_DTYPE, SPLITS
 from storage.writer import ShardTarget, Transaction, WriteToken
 
 log = logging.getLogger("tmkt.build")
@@ -37,6 +46,11 @@ CONFLICT_ATTEMPTS = 3
 
 #: Static images of uneven sizes (Caltech101) are stored resized to this size.
 STATIC_STORE_SIZE = (128, 128)
+#: Static files whose manifest rows and image sizes one task finds.
+STATIC_FILES_PER_TASK = 64
+#: Bytes of stored images and static frames one write task makes, in whole shards (at least one):
+#: MNIST's 28x28 digits go 8,000 to a task, so a large set is tens of tasks and tokens, not thousands.
+STATIC_TASK_BYTES = 16 << 20
 
 
 @dataclass
@@ -91,7 +105,8 @@ def run_as_writer(
 
 def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResult:
     batches = plan.batches()
-    # hash=False: tokenizing the plan to name it cost 0.16 ms per recording (11 s at 70,000)
+    # hash=False: Dask's token of a plan walks every item: 0.16 ms per recording (11 s at 70,000),
+    # and 230 MB of RSS for 150,000 statics
     plan_future = client.scatter(plan, broadcast=True, hash=False)
     hashed: list[Any] = [None] * len(batches)  # a first build hashes while it decodes
     if plan.previous_snapshot is not None:
@@ -126,13 +141,13 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
     if len(quarantined) == len(rows):
         raise BuildError("no usable recordings; nothing was committed")
 
-    static = _gather_statics(plan, client)
+    statics = _probe_statics(plan, client, plan_future)
     started = time.perf_counter()
     with Transaction(plan.config.store, expected_parent=plan.previous_snapshot) as tx:
         sensors = _write_recordings(tx, plan, client, futures, metas, rows)
-        _write_statics(tx, plan, static)
-        report = build_report(plan, rows, static["rows"], changes, bad_fraction)
-        _write_provenance(tx, plan, rows + static["rows"], _common_sensor_size(sensors))
+        _write_statics(tx, plan, client, plan_future, statics)
+        report = build_report(plan, rows, statics.rows, changes, bad_fraction)
+        _write_provenance(tx, plan, rows + statics.rows, _common_sensor_size(sensors))
         plan.timings["write"] = time.perf_counter() - started
         report["timings"] = dict(plan.timings)
         tx.set_report(jsonable(report))
@@ -218,29 +233,93 @@ def _gather_with_progress(client: Any, futures: list[Any], started: float) -> li
     return client.gather(futures)
 
 
-def _gather_statics(plan: BuildPlan, client: Any) -> dict[str, Any]:
+@dataclass
+class _Statics:
+    """What the coordinator keeps of the static images: small values per image, never pixels.
+
+    ``items``: the good images' indices in ``plan.statics``, in store order; None when the previous
+    snapshot's arrays are copied (``reused``). ``shape``: the stored ``[H, W, C]`` of each image.
+    """
+
+    rows: list[dict[str, Any]]
+    labels: np.ndarray
+    splits: np.ndarray
+    shape: tuple[int, ...]
+    items: np.ndarray | None = None
+    reused: DatasetReader | None = None
+
+
+def _probe_statics(plan: BuildPlan, client: Any, plan_future: Any) -> _Statics:
+    """Manifest rows, labels, splits and the stored image shape, from tasks that return no pixels."""
     started = time.perf_counter()
-    if plan.reuse_statics:
-        previous = previous_reader(plan.config.store, plan.previous_snapshot)
-        result = {
-            "reused": previous,
-            "rows": [r for r in previous.manifest if r.get("kind") == "static"],
-        }
-    else:
-        files = sorted({s.path for s in plan.statics})
-        chunks = [files[i : i + 64] for i in range(0, len(files), 64)]
-        parts = client.gather([client.submit(load_statics, plan, c, pure=False) for c in chunks])
-        result = {
-            key: [v for part in parts for v in part[key]] for key in ("images", "labels", "splits", "rows")
-        }
-        root = Path(plan.config.static) if plan.config.static else Path(plan.config.raw)
-        result["rows"] += [
+    statics = _reused_statics(plan) if plan.reuse_statics else None
+    if statics is None:
+        files = _static_files(plan)
+        chunks = [files[i : i + STATIC_FILES_PER_TASK] for i in range(0, len(files), STATIC_FILES_PER_TASK)]
+        parts = client.gather([client.submit(probe_statics, plan_future, c, pure=False) for c in chunks])
+        rows = [row for part in parts for row in part["rows"]]
+        good = {row["path"] for row in rows if row["status"] == "ok"}
+        items = np.concatenate([np.zeros(0, np.int64)] + [i for path, i in files if path in good])
+        root = static_root(plan)
+        rows += [
             {"path": p, "kind": "static", "status": "quarantined", "reason": r, "size": 0}
             | {"sha256": static_sha256(root / p)}
             for p, r in plan.bad_statics
         ]
+        statics = _Statics(
+            rows=rows,
+            labels=plan.statics.labels[items].astype(np.int16),
+            splits=_split_codes(plan.statics)[items],
+            shape=_stored_shape(set().union(*(p["sizes"] for p in parts)), any(p["color"] for p in parts)),
+            items=items,
+        )
     plan.timings["statics"] = time.perf_counter() - started
-    return result
+    return statics
+
+
+def _reused_statics(plan: BuildPlan) -> _Statics | None:
+    """The previous snapshot's statics, when its arrays are in shards that can be copied one by one
+    (stores that kept ``images/data`` as one chunk load their statics again, once)."""
+    previous = previous_reader(plan.config.store, plan.previous_snapshot)
+    names = [layout.IMAGES] + [layout.static_frames(spec.key) for spec in plan.specs]
+    if any(previous.root[name].shards is None for name in names):
+        return None
+    return _Statics(
+        rows=[r for r in previous.manifest if r.get("kind") == "static"],
+        labels=previous.image_labels.astype(np.int16),
+        splits=previous.image_splits.astype(np.uint8),
+        shape=tuple(previous.root[layout.IMAGES].shape[1:]),
+        reused=previous,
+    )
+
+
+def _static_files(plan: BuildPlan) -> list[tuple[str, np.ndarray]]:
+    """Each static file with the indices of its items in ``plan.statics``, in the store's order:
+    files sorted by path in runs of `STATIC_FILES_PER_TASK`, the files of a run in listing order,
+    the items of a file in listing order (the order builds have always stored)."""
+    statics = plan.statics
+    codes, first = np.unique(statics.path_codes, return_index=True)  # files with items only
+    names = sorted(zip((statics.paths[c] for c in codes), first, codes, strict=True))
+    step = STATIC_FILES_PER_TASK
+    ordered = [f for i in range(0, len(names), step) for f in sorted(names[i : i + step], key=lambda f: f[1])]
+    rank = np.zeros(len(statics.paths), np.int64)
+    rank[[code for _, _, code in ordered]] = np.arange(len(ordered))
+    order = np.argsort(rank[statics.path_codes], kind="stable")
+    bounds = np.searchsorted(rank[statics.path_codes][order], np.arange(len(ordered) + 1))
+    return [(path, order[bounds[r] : bounds[r + 1]]) for r, (path, _, _) in enumerate(ordered)]
+
+
+def _split_codes(statics: StaticItems) -> np.ndarray:
+    """uint8 `SPLITS` index of every item; an image without a published split is for training."""
+    named = np.array([SPLITS.index(split or "train") for split in statics.splits], dtype=np.uint8)
+    return named[statics.split_codes]
+
+
+def _stored_shape(sizes: set[tuple[int, int]], color: bool) -> tuple[int, int, int]:
+    """``[H, W, C]`` of the stored images: native when all agree in size, else STATIC_STORE_SIZE;
+    3 channels when any image has colour (gray ones are repeated), else 1."""
+    height, width = next(iter(sizes)) if len(sizes) == 1 else STATIC_STORE_SIZE
+    return height, width, 3 if color else 1
 
 
 def _write_recordings(
@@ -283,7 +362,7 @@ def _write_recordings(
             per_recording = np.concatenate(samples)
             recording = np.repeat(np.arange(len(per_recording)), per_recording)
             tx.write_array(layout.frame_recordings(spec.key), recording.astype(np.int64))
-    tx.merge(client.gather(writes))
+    _merge_as_completed(tx, writes)
     return sensors
 
 
@@ -313,55 +392,84 @@ def _write_shard(
     return target.write(first, last, data[first - at : last - at])
 
 
-def _write_statics(tx: Transaction, plan: BuildPlan, static: dict[str, Any]) -> None:
-    previous: DatasetReader | None = static.get("reused")
-    if previous is not None:
-        images, labels, splits = previous.images(), previous.image_labels, previous.image_splits
-        statics = {spec.key: previous.static_frames(spec.key) for spec in plan.specs}
-    else:
-        images = _stack_images(static["images"])
-        labels = np.array(static["labels"], dtype=np.int16)
-        splits = np.array([SPLITS.index(s) for s in static["splits"]], dtype=np.uint8)
-        statics = {spec.key: _static_frames_of(static["images"], spec) for spec in plan.specs}
-    tx.write_array(layout.IMAGES, images)
-    tx.write_array(layout.IMAGE_LABEL, labels.astype(np.int16))
-    tx.write_array(layout.IMAGE_SPLIT, splits.astype(np.uint8))
-    for key, frames in statics.items():
-        # in shards like the event frames, so that a training split can read some of them in bulk
-        # (`tmkt.streaming.StaticPool`) instead of the whole array as one chunk
-        tx.create_array(layout.static_frames(key), frames.shape, np.uint8)[...] = frames
+def _write_statics(
+    tx: Transaction, plan: BuildPlan, client: Any, plan_future: Any, statics: _Statics
+) -> None:
+    """Labels and splits from the coordinator; images and their static frames shard by shard from
+    the workers, each task loading (or copying from the previous snapshot) only its own rows."""
+    tx.write_array(layout.IMAGE_LABEL, statics.labels)
+    tx.write_array(layout.IMAGE_SPLIT, statics.splits)
+    count = len(statics.labels)
+    # in shards like the event frames, so that a training split can read some of them in bulk
+    # (`tmkt.streaming.StaticPool`) instead of the whole array as one chunk
+    targets = {layout.IMAGES: tx.shard_target(layout.IMAGES, (count, *statics.shape), np.uint8)}
+    for spec in plan.specs:
+        name = layout.static_frames(spec.key)
+        targets[name] = tx.shard_target(name, (count, *spec.size), np.uint8)
+    shard = targets[layout.IMAGES].rows_per_shard
+    row_bytes = int(np.prod(statics.shape)) + sum(int(np.prod(spec.size)) for spec in plan.specs)
+    step = shard * max(1, STATIC_TASK_BYTES // (shard * row_bytes))
+    tasks = []
+    for first in range(0, count, step):
+        last = min(first + step, count)
+        if statics.reused is not None:
+            store, snapshot = plan.config.store, statics.reused.snapshot_id
+            tasks.append(client.submit(_copy_static_shard, store, snapshot, targets, first, last, pure=False))
+        else:
+            rows = statics.items[first:last]
+            tasks.append(
+                client.submit(_write_static_shard, plan_future, targets, first, last, rows, pure=False)
+            )
+    _merge_as_completed(tx, tasks)
 
 
-def _stack_images(images: list[np.ndarray]) -> np.ndarray:
-    """``[M, H, W, C]``: native size when all agree, else resized to STATIC_STORE_SIZE."""
-    if not images:
-        return np.zeros((0, *STATIC_STORE_SIZE, 1), np.uint8)
-    color = any(im.ndim == 3 for im in images)
-    as_hwc = [
-        (np.repeat(im[..., None], 3, axis=2) if color else im[..., None]) if im.ndim == 2 else im
-        for im in images
+def _merge_as_completed(tx: Transaction, tasks: list[Any]) -> None:
+    """Merge each write task's token(s) as it finishes and let its result go: a token carries a
+    writer's fork (tens of KB), and a store of 150,000 images is a thousand of them."""
+    from distributed import as_completed
+
+    for future in as_completed(tasks):
+        result = future.result()
+        tx.merge(result if isinstance(result, list) else [result])
+        future.release()
+
+
+def _write_static_shard(
+    plan: BuildPlan, targets: dict[str, ShardTarget], first: int, last: int, items: np.ndarray
+) -> list[WriteToken]:
+    """Load the statics of rows ``[first, last)`` (``plan.statics[items]``), store them at the
+    target's image shape and as every representation's static frames; returns the write tokens."""
+    images = load_static_rows(plan, items)
+    shape = targets[layout.IMAGES].array.shape[1:]
+    tokens = [
+        targets[layout.IMAGES].write(first, last, np.stack([_stored_image(im, shape) for im in images]))
     ]
-    if len({im.shape for im in as_hwc}) == 1:
-        return np.stack(as_hwc)
+    for spec in plan.specs:
+        frames = [static_frames(im[None], spec.size, spec.static_mode, spec.static_fit)[0] for im in images]
+        tokens.append(targets[layout.static_frames(spec.key)].write(first, last, np.stack(frames)))
+    return tokens
+
+
+def _copy_static_shard(
+    store: str, snapshot: str, targets: dict[str, ShardTarget], first: int, last: int
+) -> list[WriteToken]:
+    """Rows ``[first, last)`` of every static array, copied from snapshot ``snapshot``."""
+    previous = previous_reader(store, snapshot)
+    return [target.write(first, last, previous.root[name][first:last]) for name, target in targets.items()]
+
+
+def _stored_image(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """One loaded image as stored, ``shape = [H, W, C]``: gray repeated to 3 channels when the
+    store has colour, resized (PIL's default filter) when its size is not the stored one."""
+    height, width, channels = shape
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2) if channels == 3 else image[..., None]
+    if image.shape == tuple(shape):
+        return image
     from PIL import Image
 
-    h, w = STATIC_STORE_SIZE
-    return np.stack(
-        [
-            np.asarray(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).resize((w, h))).reshape(
-                h, w, -1
-            )
-            for im in as_hwc
-        ]
-    )
-
-
-def _static_frames_of(images: list[np.ndarray], spec: FrameSpec) -> np.ndarray:
-    if not images:
-        return np.zeros((0, *spec.size), np.uint8)
-    return np.stack(
-        [static_frames(im[None], spec.size, spec.static_mode, spec.static_fit)[0] for im in images]
-    )
+    flat = image.squeeze(-1) if image.shape[-1] == 1 else image
+    return np.asarray(Image.fromarray(flat).resize((width, height))).reshape(height, width, -1)
 
 
 def _write_provenance(

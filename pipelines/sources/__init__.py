@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipelines.sources.base import EventItem, Listing, Source, StaticItem
+from pipelines.sources.base import EventItem, Listing, Source, StaticItem, StaticItems
 from pipelines.sources.builtin import BuiltinSource
 from pipelines.sources.cifar10dvs import CIFAR10DVSSource
 from pipelines.sources.dvsgesture import DVSGestureSource
@@ -32,4 +32,4 @@ def get_source(name: str, **options: object) -> Source:
     return factory(**options)
 
 
-__all__ = ["SOURCES", "EventItem", "Listing", "Source", "StaticItem", "get_source"]
+__all__ = ["SOURCES", "EventItem", "Listing", "Source", "StaticItem", "StaticItems", "get_source"]

@@ -26,7 +26,7 @@ import numpy as np
 from pipelines.errors import BadInput
 from pipelines.formats import read_events
 from pipelines.formats.cifar import read_cifar_batch
-from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem
+from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem, StaticItems
 from pipelines.sources.folder import class_folder_events, require_dir
 
 CIFAR10DVS_CLASSES = [
@@ -52,7 +52,8 @@ def _cached_batch(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_batch_cached(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A whole CIFAR batch, read once per process: static images are loaded one by one."""
+    """A whole CIFAR batch, read once per worker process: a pickle cannot be read in part, and a
+    build's shards of images each take a run of one batch's images."""
     try:
         stat = Path(path).stat()
     except OSError as err:
@@ -65,17 +66,17 @@ def batches_root(static: Path) -> Path:
     return nested if nested.is_dir() else static
 
 
-def list_cifar_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, str]]]:
+def list_cifar_statics(static: Path) -> tuple[StaticItems, list[tuple[str, str]]]:
     root = batches_root(static)
-    items: list[StaticItem] = []
+    parts: list[StaticItems] = []
     bad: list[tuple[str, str]] = []
     for name, split in BATCHES:
         path = root / name
         if not os.path.lexists(path):  # anything else there (a FIFO, a broken link) is read and reported
             continue
         rel = path.relative_to(static).as_posix()
-        try:
-            _, labels = read_batch_cached(path)
+        try:  # not cached: the coordinator lists, the workers read the images (`read_batch_cached`)
+            _, labels = read_cifar_batch(path)
         except BadInput as err:
             bad.append((rel, err.reason))
             continue
@@ -83,8 +84,8 @@ def list_cifar_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, 
         if len(labels) and (labels.min() < 0 or labels.max() >= len(CIFAR10DVS_CLASSES)):
             bad.append((rel, "labels outside 0..9"))
             continue
-        items += [StaticItem(rel, i, int(label), split) for i, label in enumerate(labels.tolist())]
-    return items, bad
+        parts.append(StaticItems.of_file(rel, labels, split))
+    return StaticItems.concat(parts), bad
 
 
 def transpose(events: np.ndarray) -> np.ndarray:

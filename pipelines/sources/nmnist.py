@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.errors import BadInput
-from pipelines.formats.idx import read_idx
+from pipelines.formats.idx import idx_shape, is_gzip, read_idx, read_idx_rows
 from pipelines.formats.nmnist import read_nmnist
-from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem
+from pipelines.sources.base import EventItem, Listing, PublishedCounts, SplitParams, StaticItem, StaticItems
 from pipelines.sources.folder import class_folder_events, require_dir
 
 NMNIST_CLASSES = [str(digit) for digit in range(10)]
@@ -45,7 +46,8 @@ def _cached_idx(key: tuple[str, int, int]) -> np.ndarray:
 
 
 def read_idx_cached(path: Path) -> np.ndarray:
-    """A whole IDX file, read once per process: static images are loaded one by one."""
+    """A whole IDX file, read once per process: a gzip stream cannot be entered where a build's
+    shard of images starts, so each worker inflates it once for all its shards."""
     try:
         key = _file_key(Path(path))
     except OSError as err:
@@ -62,14 +64,14 @@ def _find(static: Path, stem: str) -> Path | None:
     return None
 
 
-def list_mnist_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, str]]]:
+def list_mnist_statics(static: Path) -> tuple[StaticItems, list[tuple[str, str]]]:
     """StaticItems of the IDX pairs present in ``static`` (see the module docstring for splits)."""
     pairs = {
         prefix: (_find(static, f"{prefix}-images-idx3-ubyte"), _find(static, f"{prefix}-labels-idx1-ubyte"))
         for prefix in ("train", "t10k")
     }
     only_t10k = pairs["train"] == (None, None)
-    items: list[StaticItem] = []
+    parts: list[StaticItems] = []
     bad: list[tuple[str, str]] = []
     for prefix, (images_path, labels_path) in pairs.items():
         if images_path is None and labels_path is None:
@@ -84,23 +86,20 @@ def list_mnist_statics(static: Path) -> tuple[list[StaticItem], list[tuple[str, 
             )
             continue
         try:
-            images = read_idx_cached(images_path)
+            shape = idx_shape(images_path)  # the images are read by the workers, shard by shard
             labels = read_idx(labels_path)
         except BadInput as err:
             bad.append((Path(err.path).name, err.reason))
             continue
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            bad.append((images_path.name, f"images {images.shape} do not match labels {labels.shape}"))
+        if len(shape) != 3 or labels.ndim != 1 or shape[0] != len(labels):
+            bad.append((images_path.name, f"images {shape} do not match labels {labels.shape}"))
             continue
         if len(labels) and (labels.min() < 0 or labels.max() > 9):
             bad.append((labels_path.name, "labels outside 0..9"))
             continue
         split = "train" if prefix == "train" or only_t10k else "test"
-        items += [
-            StaticItem(path=images_path.name, index=i, label=int(label), split=split)
-            for i, label in enumerate(labels.tolist())
-        ]
-    return items, bad
+        parts.append(StaticItems.of_file(images_path.name, labels, split))
+    return StaticItems.concat(parts), bad
 
 
 @dataclass
@@ -134,7 +133,34 @@ class NMNISTSource(SplitParams):
         return read_nmnist(Path(raw) / item.path, NMNIST_SENSOR_SIZE), NMNIST_SENSOR_SIZE
 
     def load_static(self, static: Path, item: StaticItem) -> np.ndarray:
-        images = read_idx_cached(Path(static) / item.path)
-        if not 0 <= item.index < len(images):
-            raise BadInput(Path(static) / item.path, f"index {item.index} outside {len(images)} images")
-        return np.ascontiguousarray(images[item.index], dtype=np.uint8)
+        return self.load_statics(static, [item])[0]
+
+    def load_statics(self, static: Path, items: Sequence[StaticItem]) -> list[np.ndarray]:
+        """The images of ``items`` (one IDX file): a plain file is read only from the first to the
+        last of them, a gzipped one inflated once per process (`read_idx_cached`)."""
+        path = Path(static) / items[0].path
+        if is_gzip(path):
+            images = read_idx_cached(path)
+            self._index_range(path, items, len(images))
+            first = 0
+        else:
+            first, last = self._index_range(path, items, idx_shape(path)[0])
+            images = read_idx_rows(path, first, last)
+        return [np.ascontiguousarray(images[item.index - first], dtype=np.uint8) for item in items]
+
+    def static_shapes(self, static: Path, items: Sequence[StaticItem]) -> list[tuple[int, ...]]:
+        """From the IDX header: ``[H, W]`` for every item (the listing checked the file holds 3 axes)."""
+        path = Path(static) / items[0].path
+        shape = idx_shape(path)
+        self._index_range(path, items, shape[0])
+        return [tuple(shape[1:])] * len(items)
+
+    @staticmethod
+    def _index_range(path: Path, items: Sequence[StaticItem], count: int) -> tuple[int, int]:
+        """``[first, last)`` of the items' entries, each checked to be one of the ``count`` stored."""
+        indices = [item.index for item in items]
+        first, last = min(indices), max(indices) + 1
+        if first < 0 or last > count:
+            bad = next(i for i in indices if not 0 <= i < count)
+            raise BadInput(path, f"index {bad} outside {count} images")
+        return first, last

@@ -1,0 +1,106 @@
+"""The build's coordinator never holds the static images: workers load and write them shard by shard.
+
+A store whose statics are a 150,000-image MNIST-format IDX file (118 MB) and a few dozen N-MNIST
+recordings is built in a fresh process, so that its peak RSS (``ru_maxrss``) is this build's alone.
+Gathering every image into the coordinator, stacking them and their static frames grew it by 1.6 GB
+(14 times the images); past a small warm-up build it may now grow by no more than a third of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.formats.idx import write_idx
+from pipelines.formats.nmnist import write_nmnist
+from storage.reader import DatasetReader
+from storage.schema import EVENT_DTYPE
+
+IMAGES = 150_000
+RECORDINGS_PER_DIGIT = 3
+#: the checkout this test belongs to: the build runs its code
+ROOT = Path(__file__).resolve().parents[1]
+
+#: run in a fresh interpreter: a small build first (Icechunk, Zarr and Dask allocate their own
+#: first-use megabytes), then the large one on the same two-worker cluster; every process's peak
+#: RSS (KiB on Linux) after each
+BUILD_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    from distributed import Client
+    from pipelines.build import BuildConfig, local_cluster, run_build
+
+    def peak_kib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    raw, small, static, store = sys.argv[1:5]
+    rss = {"imported": peak_kib()}
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        for name, folder in (("warm", small), ("peak", static)):
+            config = BuildConfig(source="nmnist", raw=raw, static=folder, store=f"{store}-{name}")
+            assert run_build(config, client=client).committed
+            rss[name] = peak_kib()
+        rss["workers"] = list(client.run(peak_kib).values())
+    print(json.dumps(rss))
+    """
+)
+
+
+def write_recordings(raw: Path, rng: np.random.Generator) -> None:
+    """A few small N-MNIST recordings per digit, in the download's ``Train/<digit>/`` layout."""
+    for digit in range(10):
+        folder = raw / "Train" / str(digit)
+        folder.mkdir(parents=True)
+        for i in range(RECORDINGS_PER_DIGIT):
+            events = np.zeros(500, dtype=EVENT_DTYPE)
+            events["x"] = rng.integers(0, 34, len(events))
+            events["y"] = rng.integers(0, 34, len(events))
+            events["t"] = np.sort(rng.integers(0, 300_000, len(events)))
+            events["p"] = rng.integers(0, 2, len(events))
+            write_nmnist(folder / f"{i:05d}.bin", events)
+
+
+def write_mnist(folder: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """A plain (not gzipped) MNIST training pair: the workers read it shard by shard."""
+    folder.mkdir()
+    write_idx(folder / "train-images-idx3-ubyte", images)
+    write_idx(folder / "train-labels-idx1-ubyte", labels)
+
+
+def test_coordinator_peak_rss_stays_far_below_the_statics(tmp_path):
+    rng = np.random.default_rng(0)
+    raw, small, static, store = (tmp_path / name for name in ("raw", "small", "static", "store"))
+    write_recordings(raw, rng)
+    images = rng.integers(0, 256, (IMAGES, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, IMAGES).astype(np.uint8)
+    write_mnist(static, images, labels)
+    write_mnist(small, images[:1000], labels[:1000])
+
+    # through a shell that forks it: an exec'd child inherits its parent's peak RSS as its own
+    # ru_maxrss (the kernel keeps it across exec), and this test's process holds the images
+    launch = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", BUILD_SCRIPT]
+    done = subprocess.run(
+        [*launch, str(raw), str(small), str(static), str(store)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rss = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"peak RSS KiB: {rss}; statics {images.nbytes >> 10} KiB")
+    grown = rss["peak"] - rss["warm"]
+    assert grown < images.nbytes / 3 / 1024, f"coordinator grew by {grown} KiB for {images.nbytes >> 10} KiB"
+
+    reader = DatasetReader(f"{store}-peak")
+    assert reader.n_recordings == 10 * RECORDINGS_PER_DIGIT
+    np.testing.assert_array_equal(reader.images(), images[..., None])
+    np.testing.assert_array_equal(reader.image_labels, labels)
+    assert (reader.image_splits == 0).all()  # only the train file: every image is "train"

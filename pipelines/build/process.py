@@ -33,9 +33,14 @@ class BatchResult:
     def meta(self) -> dict[str, Any]:
         return {"rows": self.rows, "counts": self.counts, "sensors": self.sensors, "samples": self.samples}
 
-    def part(self, kind: str, name: str) -> np.ndarray:
-        """The rows of one output: ("events", <event field>) or ("frames", <frame key>)."""
-        return self.events[name] if kind == "events" else self.frames[name]
+    def output(self, kind: str) -> dict[str, np.ndarray]:
+        """The arrays of one kind of output: "events" (by field) or "frames" (by frame key).
+
+        The write stage keeps each kind as a Dask result of its own: a shard of events then needs
+        only the events of its batches in memory, not their frames too (and the other way round),
+        so a worker's memory is bounded by the shard sizes, not by how many batches a shard spans.
+        """
+        return self.events if kind == "events" else self.frames
 
 
 def hash_batch(plan: BuildPlan, indices: Sequence[int]) -> list[dict[str, Any]]:

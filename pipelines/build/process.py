@@ -86,7 +86,9 @@ def process_batch(
             rows.append(row)
             continue
         row["events"] = len(ev)
-        row["data_hash"] = events_digest(ev)
+        # a reused recording's events are the previous snapshot's, whose digest its row recorded
+        previous_hash = w.previous.get("data_hash") if reused is not None else None
+        row["data_hash"] = previous_hash or events_digest(ev)
         for spec in plan.specs:
             old = previous.frames.get(spec.key, {}).get(w.previous_index) if reused is not None else None
             frames[spec.key].append(old[None] if old is not None else frames_of(ev, sensor, spec))

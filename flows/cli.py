@@ -34,6 +34,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "loader": ("benches.loader", "mixed samples/s of the DALI loader against DataLoader baselines"),
     "train": ("benches.train", "training samples/s and data-wait share per backbone"),
     "scale": ("benches.scale", "every stage from 1k to 70k recordings, with tonic beside it"),
+    "deploy": ("benches.deploy", "a deployment run's wall time against the same build through the CLI"),
 }
 
 

@@ -108,7 +108,7 @@ def execute_task(plan: BuildPlan, force: bool = False) -> BuildResult:
         return unchanged
     where = plan.config.dask_address or f"a local cluster of {plan.config.workers} workers"
     logger.info("processing %d recordings on %s", len(plan.work), where)
-    with dask_client(plan.config.workers, plan.config.dask_address) as client:
+    with dask_client(plan.config) as client:
         return execute_plan(plan, client, force=force)
 
 
@@ -142,6 +142,7 @@ def build_dataset(
     seed: int = default("seed"),
     workers: int = default("workers"),
     dask_address: str | None = default("dask_address"),
+    worker_memory: str = default("worker_memory"),
     max_bad_fraction: float = default("max_bad_fraction"),
     batch_size: int = default("batch_size"),
     rehash: bool = default("rehash"),
@@ -166,17 +167,24 @@ def refresh_dataset(
     static: str | None = None,
     workers: int | None = None,
     dask_address: str | None = None,
+    worker_memory: str | None = None,
     rehash: bool = False,
 ) -> dict[str, Any]:
     """Bring a store up to date with its raw folder: one new snapshot, or nothing when nothing changed.
 
     Every data parameter comes from the store's recorded build parameters; ``raw``/``static`` (moved
-    folders) and ``workers``/``dask_address`` (where it runs) may be overridden. A file whose size and
-    mtime match the store's manifest is taken as unchanged without reading it; ``rehash`` hashes
-    every file (a build's ``rehash`` is not recorded for later refreshes).
+    folders) and ``workers``/``dask_address``/``worker_memory`` (where it runs) may be overridden. A
+    file whose size and mtime match the store's manifest is taken as unchanged without reading it;
+    ``rehash`` hashes every file (a build's ``rehash`` is not recorded for later refreshes).
     """
     config = refresh_config(
-        store, raw=raw, static=static, workers=workers, dask_address=dask_address, rehash=rehash
+        store,
+        raw=raw,
+        static=static,
+        workers=workers,
+        dask_address=dask_address,
+        worker_memory=worker_memory,
+        rehash=rehash,
     )
     return _run(config, "refresh", force=False)
 

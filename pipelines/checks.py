@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dask.utils import parse_bytes
+
 from pipelines.build.config import BuildConfig, BuildError
 from storage.repo import check_store_path
 
@@ -21,6 +23,17 @@ def check_build_inputs(config: BuildConfig) -> list[str]:
     statics into event sequences (tmkt, finetune, he2024, ...) cannot train.
     """
     check_store_path(config.store)
+    if config.workers < 1 or config.batch_size < 1:
+        raise BuildError(
+            f"--workers and --batch-size must be at least 1, got {config.workers} and {config.batch_size}"
+        )
+    try:
+        if parse_bytes(config.worker_memory) < 1:
+            raise ValueError(config.worker_memory)
+    except ValueError:
+        raise BuildError(
+            f"--worker-memory {config.worker_memory!r}: not a size such as 4GiB or 500MB"
+        ) from None
     try:
         source = config.source_adapter()
     except (TypeError, ValueError) as err:  # an unknown source, or an option it does not take

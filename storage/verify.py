@@ -30,7 +30,7 @@ def fields_digest(fields: dict[str, np.ndarray]) -> str:
     """`events_digest` of a recording given as one array per event field."""
     digest = hashlib.blake2b(digest_size=16)
     for name in EVENT_DTYPE.names:
-        digest.update(np.ascontiguousarray(fields[name], dtype=EVENT_DTYPE[name]).tobytes())
+        digest.update(np.ascontiguousarray(fields[name], dtype=EVENT_DTYPE[name]).view(np.uint8))
     return digest.hexdigest()
 
 

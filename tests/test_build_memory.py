@@ -104,3 +104,60 @@ def test_coordinator_peak_rss_stays_far_below_the_statics(tmp_path):
     np.testing.assert_array_equal(reader.images(), images[..., None])
     np.testing.assert_array_equal(reader.image_labels, labels)
     assert (reader.image_splits == 0).all()  # only the train file: every image is "train"
+
+
+#: one build per worker memory, each on a fresh one-worker cluster; the worker's peak RSS (KiB)
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    from distributed import Client
+    from pipelines.build import BuildConfig, local_cluster, run_build
+
+    def peak_kib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    raw, store = sys.argv[1:3]
+    peaks = {}
+    for memory in sys.argv[3:]:
+        config = BuildConfig(source="nmnist", raw=raw, store=f"{store}-{memory}", time_bins=16, workers=1)
+        with local_cluster(1, memory) as cluster, Client(cluster) as client:
+            assert run_build(config, client=client).committed
+            peaks[memory] = list(client.run(peak_kib).values())[0]
+    print(json.dumps(peaks))
+    """
+)
+
+
+def test_worker_memory_bounds_the_batch_results_a_worker_holds(tmp_path):
+    """Every batch's results wait in its worker until the shards are written; under
+    ``worker_memory`` the oldest go to the worker's disk, so its peak stays far below the results.
+    Unbounded, 3,000 recordings (260 MB of events and frames) take the worker past them."""
+    rng = np.random.default_rng(1)
+    raw, store = tmp_path / "raw", tmp_path / "store"
+    events = np.zeros(1000, dtype=EVENT_DTYPE)
+    for digit in range(10):
+        folder = raw / "Train" / str(digit)
+        folder.mkdir(parents=True)
+        for i in range(300):
+            events["x"], events["y"] = rng.integers(0, 34, (2, len(events)))
+            events["t"] = np.sort(rng.integers(0, 300_000, len(events)))
+            events["p"] = rng.integers(0, 2, len(events))
+            write_nmnist(folder / f"{i:05d}.bin", events)
+    results_kib = 3000 * (len(events) * EVENT_DTYPE.itemsize + 16 * 2 * 34 * 34 * 2) >> 10
+
+    launch = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", WORKER_SCRIPT]
+    done = subprocess.run(
+        [*launch, str(raw), str(store), "16GiB", "100MiB"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    peaks = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"worker peak RSS KiB: {peaks}; results {results_kib} KiB")
+    assert peaks["16GiB"] - peaks["100MiB"] > results_kib / 2, peaks
+    bounded, unbounded = DatasetReader(f"{store}-100MiB"), DatasetReader(f"{store}-16GiB")
+    np.testing.assert_array_equal(bounded.event_frames(), unbounded.event_frames())
+    np.testing.assert_array_equal(bounded.offsets, unbounded.offsets)

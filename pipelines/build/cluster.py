@@ -8,10 +8,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import dask
+from dask.utils import parse_bytes
+
+from pipelines.build.config import BuildConfig
 
 
-def local_cluster(workers: int) -> Any:
-    """A LocalCluster of ``workers`` single-threaded worker processes, without a dashboard.
+def local_cluster(workers: int, memory: str = BuildConfig.worker_memory) -> Any:
+    """A LocalCluster of ``workers`` single-threaded worker processes, without a dashboard, each
+    with ``memory`` (at most the machine's memory over ``workers``).
+
+    Past Dask's thresholds of that memory a worker spills the oldest batch results to its local
+    folder; it is never paused or restarted for its memory, since both would stall or fail a build
+    whose results are still to be written.
 
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so that they hand freed memory
     back to the kernel at once. That also turns off glibc's adaptive mmap threshold: every batch's
@@ -21,9 +29,16 @@ def local_cluster(workers: int) -> Any:
     """
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    with dask.config.set(
+        {
+            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+            "distributed.worker.memory.pause": False,
+            "distributed.worker.memory.terminate": False,
+        }
+    ):
         return LocalCluster(
             n_workers=workers,
+            memory_limit=min(parse_bytes(memory), system_memory() // workers),
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
@@ -33,10 +48,17 @@ def local_cluster(workers: int) -> Any:
         )
 
 
+def system_memory() -> int:
+    from distributed.system import MEMORY_LIMIT
+
+    return int(MEMORY_LIMIT)
+
+
 @contextlib.contextmanager
-def dask_client(workers: int, address: str | None = None, client: Any = None) -> Iterator[Any]:
+def dask_client(config: BuildConfig, client: Any = None) -> Iterator[Any]:
     """The client to use: ``client`` when given (left open), else one on the scheduler at
-    ``address``, else one on a LocalCluster of ``workers`` processes; what is made here is closed."""
+    ``config.dask_address``, else one on a LocalCluster of ``config.workers`` processes; what is made
+    here is closed."""
     if client is not None:
         yield client
         return
@@ -45,9 +67,9 @@ def dask_client(workers: int, address: str | None = None, client: Any = None) ->
     # distributed sets its loggers to INFO on import; its chatter would drown the progress lines
     logging.getLogger("distributed").setLevel(logging.WARNING)
     with contextlib.ExitStack() as owned:
-        if address:
-            made = owned.enter_context(Client(address))
+        if config.dask_address:
+            made = owned.enter_context(Client(config.dask_address))
         else:
-            cluster = owned.enter_context(local_cluster(workers))
+            cluster = owned.enter_context(local_cluster(config.workers, config.worker_memory))
             made = owned.enter_context(Client(cluster))
         yield made

@@ -77,6 +77,13 @@ class BuildConfig:
     seed: int = param(0, "seed of the split assignment")
     workers: int = param(2, "Dask workers of the local cluster")
     dask_address: str | None = param(None, "use an existing Dask scheduler (tcp://host:port)")
+    # Batch results wait in the workers until their shards are written; past 60 % of this, Dask
+    # moves the oldest to the worker's local folder, so a worker's memory is bounded by this, not
+    # by the dataset (70,000 N-MNIST recordings: 6.3 GB of results in one worker without it)
+    worker_memory: str = param(
+        "4GiB",
+        "memory of each local Dask worker (at most the machine's share); results past it spill to disk",
+    )
     max_bad_fraction: float = param(0.1, "fail past this share of bad recordings")
     batch_size: int = param(32, "recordings per Dask task")
     rehash: bool = param(

@@ -33,9 +33,14 @@ class BatchResult:
     def meta(self) -> dict[str, Any]:
         return {"rows": self.rows, "counts": self.counts, "sensors": self.sensors, "samples": self.samples}
 
-    def part(self, kind: str, name: str) -> np.ndarray:
-        """The rows of one output: ("events", <event field>) or ("frames", <frame key>)."""
-        return self.events[name] if kind == "events" else self.frames[name]
+    def output(self, kind: str) -> dict[str, np.ndarray]:
+        """The arrays of one kind of output: "events" (by field) or "frames" (by frame key).
+
+        The write stage keeps each kind as a Dask result of its own: a shard of events then needs
+        only the events of its batches in memory, not their frames too (and the other way round),
+        so a worker's memory is bounded by the shard sizes, not by how many batches a shard spans.
+        """
+        return self.events if kind == "events" else self.frames
 
 
 def hash_batch(plan: BuildPlan, indices: Sequence[int]) -> list[dict[str, Any]]:
@@ -81,7 +86,9 @@ def process_batch(
             rows.append(row)
             continue
         row["events"] = len(ev)
-        row["data_hash"] = events_digest(ev)
+        # a reused recording's events are the previous snapshot's, whose digest its row recorded
+        previous_hash = w.previous.get("data_hash") if reused is not None else None
+        row["data_hash"] = previous_hash or events_digest(ev)
         for spec in plan.specs:
             old = previous.frames.get(spec.key, {}).get(w.previous_index) if reused is not None else None
             frames[spec.key].append(old[None] if old is not None else frames_of(ev, sensor, spec))

@@ -10,15 +10,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from storage import layout
-from storage.digests import arrays_below, check_array
+from storage.digests import array_pieces, arrays_below, check_array
 from storage.reader import DatasetReader
 from storage.repo import CorruptStore, read_error_line
 from storage.schema import EVENT_DTYPE, SPLITS, FrameSpec
 
-#: Events read at once when verify digests every recording (about 100 MB of the event fields).
-DIGEST_BLOCK_EVENTS = 8 << 20
+#: Events of whole recordings that verify holds at once, to digest them and check their invariants
+#: (13 MB of the event fields; Zarr's read of them peaks at several times that). Verify's memory is
+#: bounded by this, not by the dataset: on 30 M events, blocks of 8 M peaked 360 MB above an open
+#: reader, of 1 M 115 MB, at about the same speed.
+DIGEST_BLOCK_EVENTS = 1 << 20
 
 
 def events_digest(events: np.ndarray) -> str:
@@ -30,8 +34,23 @@ def fields_digest(fields: dict[str, np.ndarray]) -> str:
     """`events_digest` of a recording given as one array per event field."""
     digest = hashlib.blake2b(digest_size=16)
     for name in EVENT_DTYPE.names:
+        # the buffer itself, not a `tobytes` copy of it: a block's recording may be all of its events
         digest.update(np.ascontiguousarray(fields[name], dtype=EVENT_DTYPE[name]).view(np.uint8))
     return digest.hexdigest()
+
+
+def recording_blocks(offsets: np.ndarray, events: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(first, last)`` ranges of whole recordings, in order, whose events fit ``events`` (the
+    block, `DIGEST_BLOCK_EVENTS` by default; a longer recording is a block of its own): what verify
+    holds at once, so that its memory is bounded by the block and not by the dataset."""
+    limit = DIGEST_BLOCK_EVENTS if events is None else events
+    first, n = 0, len(offsets) - 1
+    while first < n:
+        # the most recordings from `first` whose events fit the block (at least one)
+        fit = int(np.searchsorted(offsets, offsets[first] + limit, side="right")) - 1
+        last = min(max(first + 1, fit), n)
+        yield first, last
+        first = last
 
 
 def recording_digests(reader: DatasetReader) -> Iterator[str]:
@@ -40,17 +59,13 @@ def recording_digests(reader: DatasetReader) -> Iterator[str]:
     for a store of tens of thousands of recordings."""
     offsets = reader.offsets
     arrays = {name: reader.root[layout.EVENT_FIELDS[name]] for name in EVENT_DTYPE.names}
-    first, n = 0, reader.n_recordings
-    while first < n:
-        # the most recordings from `first` whose events fit the block (at least one)
-        fit = int(np.searchsorted(offsets, offsets[first] + DIGEST_BLOCK_EVENTS, side="right")) - 1
-        last = min(max(first + 1, fit), n)
+    for first, last in recording_blocks(offsets):
         base = int(offsets[first])
         block = {name: array[base : int(offsets[last])] for name, array in arrays.items()}
         for index in range(first, last):
             lo, hi = int(offsets[index]) - base, int(offsets[index + 1]) - base
             yield fields_digest({name: values[lo:hi] for name, values in block.items()})
-        first = last
+        del block  # the next block is read before this one would be dropped
 
 
 def file_sha256(path: str | Path) -> str:
@@ -129,7 +144,8 @@ def _check_events(reader: DatasetReader) -> list[str]:
     offsets = reader.offsets
     n = reader.n_recordings
     lengths = {name: reader.root[layout.EVENT_FIELDS[name]].shape[0] for name in EVENT_DTYPE.names}
-    if offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+    ordered = _ordered(offsets)
+    if not ordered:
         faults.append("events/offsets: not a non-decreasing sequence from 0")
     if any(length != offsets[-1] for length in lengths.values()):
         faults.append(f"events: array lengths {lengths} differ from offsets[-1]={offsets[-1]}")
@@ -138,13 +154,30 @@ def _check_events(reader: DatasetReader) -> list[str]:
         faults.append("events/label: length or class index out of range")
     if len(reader.splits) != n or np.any(reader.splits >= len(SPLITS)):
         faults.append("events/split: length or split code out of range")
-    x, y, p = (reader.root[layout.EVENT_FIELDS[name]][:] for name in ("x", "y", "p"))
-    owner = np.repeat(np.arange(n), np.diff(offsets))
-    sizes = reader.sensor_sizes
-    bad = np.flatnonzero((x >= sizes[owner, 0]) | (y >= sizes[owner, 1]) | (p > 1))
-    for index in np.unique(owner[bad])[:20]:
+    if not ordered:  # no recording's events can be told apart
+        return faults
+    outside = [index for first, last in recording_blocks(offsets) for index in _outside(reader, first, last)]
+    for index in outside[:20]:
         faults.append(f"{reader.sources[index]}: events outside the sensor or polarity not 0/1")
     return faults
+
+
+def _ordered(offsets: np.ndarray) -> bool:
+    """Whether ``offsets`` cut the events into recordings: from 0, never decreasing."""
+    return bool(len(offsets) and offsets[0] == 0 and not np.any(np.diff(offsets) < 0))
+
+
+def _outside(reader: DatasetReader, first: int, last: int) -> np.ndarray:
+    """The recordings in ``[first, last)`` with an event outside their sensor or a polarity above 1,
+    from one read of their x, y and p and no array of the owner of each event (8 bytes an event)."""
+    offsets = reader.offsets[first : last + 1]
+    base, counts = int(offsets[0]), np.diff(offsets)
+    x, y, p = (reader.root[layout.EVENT_FIELDS[name]][base : int(offsets[-1])] for name in ("x", "y", "p"))
+    width, height = (np.repeat(reader.sensor_sizes[first:last, axis], counts) for axis in (0, 1))
+    bad = np.flatnonzero((x >= width) | (y >= height) | (p > 1))
+    # the recording each bad event is in: the last one that starts at or before it
+    owners = np.searchsorted(offsets, base + bad, side="right") - 1
+    return first + np.unique(owners)
 
 
 def _check_frames(reader: DatasetReader) -> list[str]:
@@ -165,11 +198,7 @@ def _check_frames(reader: DatasetReader) -> list[str]:
         if spec.key != key:
             faults.append(f"frames/{key}: parameters hash to {spec.key}, not to their key")
         if spec.denoise_us == 0:
-            frames = events[:].reshape(len(recording), -1)
-            n = reader.n_recordings
-            sums = np.bincount(recording, frames.sum(axis=1, dtype=np.int64), minlength=n).astype(np.int64)
-            full = (frames == np.iinfo(events.dtype).max).any(axis=1)
-            saturated = np.bincount(recording, full, minlength=n) > 0
+            sums, saturated = _frame_sums(events, recording, reader.n_recordings)
             binned = counts if not spec.window_us else _events_in_windows(reader, spec)
             for index in np.flatnonzero((sums != binned) & ~saturated)[:20]:
                 faults.append(
@@ -179,21 +208,52 @@ def _check_frames(reader: DatasetReader) -> list[str]:
     return faults
 
 
+def _frame_sums(events: zarr.Array, recording: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts summed over each recording's frames, and whether any of its cells is saturated (holds
+    the dtype's maximum, so its sum undercounts), reading the frames in the pieces that their digests
+    are checked in (`array_pieces`): the whole array is the dataset's size (GBs for CIFAR10-DVS)."""
+    sums = np.zeros(n, np.int64)
+    saturated = np.zeros(n, bool)
+    top = np.iinfo(events.dtype).max
+    for start, stop in array_pieces(events):
+        block = events[start:stop].reshape(stop - start, -1)
+        owner = recording[start:stop]
+        np.add.at(sums, owner, block.sum(axis=1, dtype=np.int64))
+        saturated[owner[block.max(axis=1, initial=0) == top]] = True
+    return sums, saturated
+
+
 def _events_in_windows(reader: DatasetReader, spec: FrameSpec) -> np.ndarray:
     """Events per recording that fixed windows count (``pipelines.binning``): those before the end
-    of the T-th window from the first event, or of the last whole slice of T windows."""
+    of the T-th window from the first event, or of the last whole slice of T windows; one block of
+    recordings' times at a time (`recording_blocks`)."""
     offsets = reader.offsets
+    t = reader.root[layout.EVENT_FIELDS["t"]]
+    if not _ordered(offsets):  # the events check's fault: said once (`verify_store`)
+        raise ValueError("events/offsets: not a non-decreasing sequence from 0")
+    if t.shape[0] != offsets[-1]:
+        raise ValueError(f"events/t: {t.shape[0]} times for offsets[-1]={offsets[-1]} events")
+    inside = np.zeros(reader.n_recordings, np.int64)
+    for first, last in recording_blocks(offsets):
+        inside[first:last] = _inside_windows(
+            t[int(offsets[first]) : int(offsets[last])], offsets[first : last + 1], spec
+        )
+    return inside
+
+
+def _inside_windows(t: np.ndarray, offsets: np.ndarray, spec: FrameSpec) -> np.ndarray:
+    """`_events_in_windows` of the recordings whose times ``t`` are, cut by ``offsets`` (theirs)."""
     counts = np.diff(offsets)
-    t = reader.root[layout.EVENT_FIELDS["t"]][:]
-    good = counts > 0
-    first = np.zeros(len(counts), np.int64)
-    last = np.zeros(len(counts), np.int64)
-    first[good], last[good] = t[offsets[:-1][good]], t[offsets[1:][good] - 1]
+    starts = (offsets[:-1] - offsets[0])[counts > 0]
+    first, last = t[starts], t[starts + counts[counts > 0] - 1]
     length = spec.time_bins * spec.window_us
     slices = np.maximum(1, (last - first) // length) if spec.slices else 1
-    owner = np.repeat(np.arange(len(counts)), counts)
-    inside = t < (first + slices * length)[owner]
-    return np.bincount(owner[inside], minlength=len(counts))
+    end = np.zeros(len(counts), np.int64)
+    end[counts > 0] = first + slices * length
+    inside = np.zeros(len(counts), np.int64)
+    if len(starts):  # the segments of non-empty recordings tile the block: no empty one between
+        inside[counts > 0] = np.add.reduceat(t < np.repeat(end, counts), starts, dtype=np.int64)
+    return inside
 
 
 def _check_manifest(reader: DatasetReader, raw: str | Path | None) -> list[str]:

@@ -6,8 +6,12 @@ one thing, and expects a FAULT line naming the array, never a traceback and neve
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +22,9 @@ import zarr
 from pipelines.build import BuildConfig, run_build
 from storage.reader import DatasetReader
 from storage.repo import BRANCH, open_repository
-from storage.verify import verify_store
+from storage.schema import EVENT_DTYPE, FrameSpec
+from storage.verify import events_digest, verify_store
+from storage.writer import Transaction
 from tests.conftest import ROOT, tmkt_command
 
 
@@ -222,3 +228,204 @@ def test_verify_reads_only_regular_raw_inputs_that_the_build_hashed(
             f"{good[1]}: raw input changed since the build (sha256 differs)",
         ]
     )
+
+
+# -- blocks ----------------------------------------------------------------------------------------
+
+#: (events a block, bytes a piece) verify reads at once: one recording and one chunk, a few, all
+BLOCKS = [(1, 1), (20_000, 200_000), (1 << 40, 1 << 40)]
+
+
+@pytest.fixture(scope="module")
+def built_windows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A build whose frames count only the events inside fixed windows (`_events_in_windows`)."""
+    root = tmp_path_factory.mktemp("verify-windows")
+    config = BuildConfig(
+        source="builtin",
+        raw=str(root / "raw"),
+        store=str(root / "store"),
+        workers=1,
+        window_us=20_000,
+        source_options={"recordings_per_class": 4},
+    )
+    assert run_build(config).committed
+    return Path(config.store)
+
+
+def verify_in_blocks(store: Path, monkeypatch: pytest.MonkeyPatch, events: int, piece: int) -> list[str]:
+    import storage.digests
+    import storage.verify
+
+    monkeypatch.setattr(storage.verify, "DIGEST_BLOCK_EVENTS", events)
+    monkeypatch.setattr(storage.digests, "PIECE_BYTES", piece)
+    return verify_store(store)
+
+
+@pytest.mark.parametrize("windows", [False, True])
+@pytest.mark.parametrize(("events", "piece"), BLOCKS)
+def test_fault_lines_do_not_depend_on_the_block(
+    built: Path,
+    built_windows: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    windows: bool,
+    events: int,
+    piece: int,
+) -> None:
+    """Events outside the sensor and frames that miscount, in more recordings than verify names
+    (20), give the same lines in the same order whatever block verify reads at once."""
+    store = tmp_path / "store"
+    shutil.copytree(built_windows if windows else built, store)
+    reader = DatasetReader(store)
+    key, n = reader.default_frame_key(), reader.n_recordings
+    assert n > 20
+    sums = reader.event_frames().reshape(n, -1).sum(axis=1)
+
+    def outside(x: np.ndarray) -> np.ndarray:
+        x = x.copy()
+        x[reader.offsets[1:-1] - 1] = 60_000  # the last event of every recording but the last
+        return x
+
+    def one_more(frames: np.ndarray) -> np.ndarray:
+        frames = frames.copy()
+        frames[:, 0, 0, 0, 0] += 1
+        return frames
+
+    rewrite(store, "events/x", outside)
+    rewrite(store, f"frames/{key}/events", one_more)
+    faults = verify_in_blocks(store, monkeypatch, events, piece)
+    assert [f for f in faults if "outside the sensor" in f] == [
+        f"{source}: events outside the sensor or polarity not 0/1" for source in reader.sources[:20]
+    ]
+    assert [f for f in faults if "counts for" in f] == [
+        f"frames/{key}: {reader.sources[i]} has {sums[i] + 1} counts for {sums[i]} events" for i in range(20)
+    ]
+    assert faults == verify_in_blocks(store, monkeypatch, *BLOCKS[-1])
+    assert sum("stored events do not match" in f for f in faults) == n - 1
+
+
+@pytest.mark.parametrize(("events", "piece"), BLOCKS)
+def test_a_truncated_event_shard_is_one_fault_in_any_block(
+    store: Path, monkeypatch: pytest.MonkeyPatch, events: int, piece: int
+) -> None:
+    for path in chunk_files(store, "events/t"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    faults = verify_in_blocks(store, monkeypatch, events, piece)
+    assert len(faults) == 1 and faults[0].startswith("events/t: rows 0.."), faults
+    assert "cannot be read" in faults[0]
+
+
+def test_decreasing_offsets_are_named_not_a_numpy_error(store: Path) -> None:
+    def decreasing(offsets: np.ndarray) -> np.ndarray:
+        offsets = offsets.copy()
+        offsets[5] = offsets[7]
+        return offsets
+
+    rewrite(store, "events/offsets", decreasing)
+    faults = verify_store(store)
+    last = len(DatasetReader(store).offsets) - 1
+    assert faults[:2] == [
+        f"events/offsets: rows 0..{last} differ from the bytes written at build time",
+        "events/offsets: not a non-decreasing sequence from 0",
+    ]
+    assert not any("cannot be read" in f for f in faults), faults
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+#: recordings x events of the store verify walks in `test_verify_memory_is_bounded_by_a_block`
+MEMORY_RECORDINGS, MEMORY_EVENTS = 3_000, 10_000
+#: what verify may grow past an opened reader (MiB)
+MEMORY_BOUND_MIB = 300
+
+#: run in a fresh interpreter: peak RSS (KiB on Linux) once the store is open, then after verify
+VERIFY_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    from storage.reader import DatasetReader
+    from storage.verify import verify_store
+
+    def peak_kib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    reader = DatasetReader(sys.argv[1])
+    reader.offsets, reader.sensor_sizes, reader.manifest
+    rss = {"opened": peak_kib()}
+    faults = verify_store(sys.argv[1])
+    rss["verified"] = peak_kib()
+    print(json.dumps({"faults": faults, **rss}))
+    """
+)
+
+
+def write_large_store(path: Path, spec: FrameSpec) -> None:
+    """30 M events of 3,000 N-MNIST-sized recordings, written straight through a transaction, with
+    frames in fixed windows whose counts are those verify expects (all in one cell of each row)."""
+    n, k = MEMORY_RECORDINGS, MEMORY_EVENTS
+    rng = np.random.default_rng(7)
+    events = np.zeros(n * k, EVENT_DTYPE)
+    events["x"], events["y"] = rng.integers(0, 34, (2, n * k), dtype=np.uint16)
+    events["t"] = np.tile(np.arange(k, dtype=np.int64) * 40, n)  # 400 ms each, 10 ms windows below
+    events["p"] = rng.integers(0, 2, n * k, dtype=np.uint8)
+    offsets = np.arange(n + 1, dtype=np.int64) * k
+    frames = np.zeros((n, spec.time_bins, 2, *spec.size), np.uint16)
+    frames[:, 0, 0, 0, 0] = np.count_nonzero(np.arange(k) * 40 < spec.time_bins * spec.window_us)
+    paths = [f"rec{i}.bin" for i in range(n)]
+    with Transaction(path) as tx:
+        for name in EVENT_DTYPE.names:
+            tx.create_array(f"events/{name}", events.shape, EVENT_DTYPE[name], kind="events")[:] = events[
+                name
+            ]
+        tx.write_array("events/offsets", offsets)
+        tx.write_array("events/label", np.arange(n, dtype=np.int16) % 2)
+        tx.write_array("events/split", np.zeros(n, np.uint8))
+        tx.write_array("events/width", np.full(n, 34, np.uint16))
+        tx.write_array("events/height", np.full(n, 34, np.uint16))
+        tx.write_array("images/data", np.zeros((1, 28, 28, 1), np.uint8))
+        tx.write_array("images/label", np.zeros(1, np.int16))
+        tx.write_array("images/split", np.zeros(1, np.uint8))
+        tx.set_frame_spec(spec)
+        tx.create_array(f"frames/{spec.key}/events", frames.shape, np.uint16)[:] = frames
+        tx.write_array(f"frames/{spec.key}/static", np.zeros((1, *spec.size), np.uint8))
+        tx.set_root_attrs({"classes": ["a", "b"], "source": "test", "recording_sources": paths})
+        tx.set_manifest(
+            [
+                {
+                    "path": p,
+                    "kind": "events",
+                    "status": "ok",
+                    "data_hash": events_digest(events[i * k : (i + 1) * k]),
+                }
+                for i, p in enumerate(paths)
+            ]
+        )
+        tx.set_report({"recordings": n})
+        tx.commit("a large store")
+
+
+@pytest.mark.timeout(120)
+def test_verify_memory_is_bounded_by_a_block(tmp_path: Path) -> None:
+    """Verify walks events and frames a block of recordings (a few chunks of rows) at a time.
+
+    Reading every event's x, y, p and t at once, with an owner array of 8 bytes an event, grew a
+    fresh process by 911 MiB past an opened reader on this store of 30 M events (390 MB of event
+    fields); in blocks of `DIGEST_BLOCK_EVENTS` it grew by 164 MiB.
+    """
+    spec = FrameSpec(time_bins=2, size=(4, 4), window_us=10_000)
+    write_large_store(tmp_path / "s", spec)
+    # through a shell that forks it: an exec'd child inherits its parent's peak RSS as its own
+    launch = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", VERIFY_SCRIPT]
+    done = subprocess.run(
+        [*launch, str(tmp_path / "s")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    grown = (result["verified"] - result["opened"]) >> 10
+    print(f"verify peak RSS grew by {grown} MiB: {result}")
+    assert result["faults"] == []
+    assert grown < MEMORY_BOUND_MIB, f"verify grew by {grown} MiB past the opened reader"

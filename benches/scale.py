@@ -183,7 +183,7 @@ def child_build(config: dict[str, Any], workers: int, cluster: bool) -> dict[str
     build = BuildConfig(**config, workers=workers)
     worker_rss: list[float] = []
     if cluster:
-        with local_cluster(workers) as made, Client(made) as client:
+        with local_cluster(workers, build.worker_memory) as made, Client(made) as client:
             client.run(lambda: __import__("pipelines.build"))
             started = time.perf_counter()
             result = run_build(build, client=client)

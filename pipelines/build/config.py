@@ -81,7 +81,7 @@ class BuildConfig:
     # moves the oldest to the worker's local folder, so a worker's memory is bounded by this, not
     # by the dataset (70,000 N-MNIST recordings: 6.3 GB of results in one worker without it)
     worker_memory: str = param(
-        "4GiB",
+        "8GiB",
         "memory of each local Dask worker (at most the machine's share); results past it spill to disk",
     )
     max_bad_fraction: float = param(0.1, "fail past this share of bad recordings")

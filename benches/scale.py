@@ -529,6 +529,13 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
                 if points:
                     xs, ys = zip(*points, strict=True)
                     ax.plot(xs, ys, style, label=f"{name} ({geometry})", markersize=4)
+    sizes = sorted({r["recordings"] for rs in results.values() for r in rs})
+    if len(sizes) > 1:  # what linear growth looks like, through the smallest build
+        first = (
+            _value(STAGES["build, 1 worker"], results[NMNIST.name][0]) if results.get(NMNIST.name) else None
+        )
+        if first:
+            axes[0].plot(sizes, [first * s / sizes[0] for s in sizes], "k:", label="linear (slope 1)")
     for ax, title, unit in ((axes[0], "time per stage", "seconds"), (axes[1], "peak RSS per process", "MB")):
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -106,7 +106,8 @@ def test_coordinator_peak_rss_stays_far_below_the_statics(tmp_path):
     assert (reader.image_splits == 0).all()  # only the train file: every image is "train"
 
 
-#: one build per worker memory, each on a fresh one-worker cluster; the worker's peak RSS (KiB)
+#: one build per worker memory, each on a fresh one-worker cluster: the worker's peak RSS (KiB) and
+#: the bytes it wrote to its disk (Dask's own metrics)
 WORKER_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys
@@ -116,22 +117,26 @@ WORKER_SCRIPT = textwrap.dedent(
     def peak_kib():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
+    def spilled(dask_worker):
+        metrics = dask_worker.digests_total.items()
+        return sum(v for k, v in metrics if k[-2:] == ("disk-write", "bytes"))
+
     raw, store = sys.argv[1:3]
     peaks = {}
     for memory in sys.argv[3:]:
-        config = BuildConfig(source="nmnist", raw=raw, store=f"{store}-{memory}", time_bins=16, workers=1)
+        config = BuildConfig(source="nmnist", raw=raw, store=f"{store}-{memory}", time_bins=32, workers=1)
         with local_cluster(1, memory) as cluster, Client(cluster) as client:
             assert run_build(config, client=client).committed
-            peaks[memory] = list(client.run(peak_kib).values())[0]
+            peaks[memory] = [*client.run(peak_kib).values(), *client.run(spilled).values()]
     print(json.dumps(peaks))
     """
 )
 
 
 def test_worker_memory_bounds_the_batch_results_a_worker_holds(tmp_path):
-    """Every batch's results wait in its worker until the shards are written; under
-    ``worker_memory`` the oldest go to the worker's disk, so its peak stays far below the results.
-    Unbounded, 3,000 recordings (260 MB of events and frames) take the worker past them."""
+    """Every batch's results wait in its worker until the shards are written; past 60 % of
+    ``worker_memory`` the oldest go to the worker's disk and come back for their shard, and the store
+    is the same. Unbounded, 3,000 recordings (470 MB of events and frames) stay in memory."""
     rng = np.random.default_rng(1)
     raw, store = tmp_path / "raw", tmp_path / "store"
     events = np.zeros(1000, dtype=EVENT_DTYPE)
@@ -143,7 +148,7 @@ def test_worker_memory_bounds_the_batch_results_a_worker_holds(tmp_path):
             events["t"] = np.sort(rng.integers(0, 300_000, len(events)))
             events["p"] = rng.integers(0, 2, len(events))
             write_nmnist(folder / f"{i:05d}.bin", events)
-    results_kib = 3000 * (len(events) * EVENT_DTYPE.itemsize + 16 * 2 * 34 * 34 * 2) >> 10
+    results_kib = 3000 * (len(events) * EVENT_DTYPE.itemsize + 32 * 2 * 34 * 34 * 2) >> 10
 
     launch = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", WORKER_SCRIPT]
     done = subprocess.run(
@@ -156,8 +161,10 @@ def test_worker_memory_bounds_the_batch_results_a_worker_holds(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     peaks = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"worker peak RSS KiB: {peaks}; results {results_kib} KiB")
-    assert peaks["16GiB"] - peaks["100MiB"] > results_kib / 2, peaks
+    print(f"worker [peak RSS KiB, bytes spilled]: {peaks}; results {results_kib} KiB")
+    assert peaks["16GiB"][1] == 0, peaks
+    assert peaks["100MiB"][1] > results_kib * 1024 / 10, peaks
+    assert peaks["100MiB"][0] < peaks["16GiB"][0], peaks
     bounded, unbounded = DatasetReader(f"{store}-100MiB"), DatasetReader(f"{store}-16GiB")
     np.testing.assert_array_equal(bounded.event_frames(), unbounded.event_frames())
     np.testing.assert_array_equal(bounded.offsets, unbounded.offsets)

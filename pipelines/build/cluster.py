@@ -32,6 +32,10 @@ def local_cluster(workers: int, memory: str = BuildConfig.worker_memory) -> Any:
     with dask.config.set(
         {
             "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+            # spill by the results' own sizes only (`target`): spilling by the process's RSS, which
+            # glibc keeps high after frees (see above), made a worker read each result back and
+            # spill it again at once, without end (a 70,000-file refresh ran for minutes so)
+            "distributed.worker.memory.spill": False,
             "distributed.worker.memory.pause": False,
             "distributed.worker.memory.terminate": False,
         }

@@ -78,8 +78,8 @@ class BuildConfig:
     workers: int = param(2, "Dask workers of the local cluster")
     dask_address: str | None = param(None, "use an existing Dask scheduler (tcp://host:port)")
     # Batch results wait in the workers until their shards are written; past 60 % of this, Dask
-    # moves the oldest to the worker's local folder, so a worker's memory is bounded by this, not
-    # by the dataset (70,000 N-MNIST recordings: 6.3 GB of results in one worker without it)
+    # moves the oldest to the worker's local folder, so the results a worker holds are bounded by
+    # this, not by the dataset (70,000 N-MNIST recordings: 6.3 GB of results in one worker)
     worker_memory: str = param(
         "8GiB",
         "memory of each local Dask worker (at most the machine's share); results past it spill to disk",

@@ -172,7 +172,7 @@ def contiguous_places(client: Any, batches: int) -> list[list[str]]:
     falls behind still has its batches taken by the others (the placement is a preference).
     """
     workers = sorted(client.scheduler_info()["workers"])
-    if len(workers) < 2:
+    if len(workers) < 2:  # no preference (Dask refuses allow_other_workers with workers=None)
         return [[]] * batches
     return [[workers[i * len(workers) // batches]] for i in range(batches)]
 

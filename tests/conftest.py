@@ -88,6 +88,26 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def fresh_process_json(script: str, *args: str, timeout: float = 300) -> Any:
+    """The JSON that ``python -c script args`` prints last, run in a fresh interpreter of this
+    checkout, for a peak RSS (``ru_maxrss``) of its own: it is started through a shell that forks
+    it, because an exec'd child inherits its parent's peak RSS as its own (the kernel keeps it across
+    exec), and a test's process may hold hundreds of MB."""
+    import json
+
+    launch = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", script]
+    done = subprocess.run(
+        [*launch, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def tmkt_command(*args: str) -> list[str]:
     """`tmkt ARGS` through this interpreter (the same venv, no PATH lookup)."""
     return [sys.executable, "-m", "flows.cli", *args]

@@ -8,10 +8,6 @@ Gathering every image into the coordinator, stacking them and their static frame
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,11 +17,10 @@ from pipelines.formats.idx import write_idx
 from pipelines.formats.nmnist import write_nmnist
 from storage.reader import DatasetReader
 from storage.schema import EVENT_DTYPE
+from tests.conftest import fresh_process_json
 
 IMAGES = 150_000
 RECORDINGS_PER_DIGIT = 3
-#: the checkout this test belongs to: the build runs its code
-ROOT = Path(__file__).resolve().parents[1]
 
 #: run in a fresh interpreter: a small build first (Icechunk, Zarr and Dask allocate their own
 #: first-use megabytes), then the large one on the same two-worker cluster; every process's peak
@@ -82,19 +77,7 @@ def test_coordinator_peak_rss_stays_far_below_the_statics(tmp_path):
     write_mnist(static, images, labels)
     write_mnist(small, images[:1000], labels[:1000])
 
-    # through a shell that forks it: an exec'd child inherits its parent's peak RSS as its own
-    # ru_maxrss (the kernel keeps it across exec), and this test's process holds the images
-    launch = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", BUILD_SCRIPT]
-    done = subprocess.run(
-        [*launch, str(raw), str(small), str(static), str(store)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rss = json.loads(done.stdout.strip().splitlines()[-1])
+    rss = fresh_process_json(BUILD_SCRIPT, str(raw), str(small), str(static), str(store))
     print(f"peak RSS KiB: {rss}; statics {images.nbytes >> 10} KiB")
     grown = rss["peak"] - rss["warm"]
     assert grown < images.nbytes / 3 / 1024, f"coordinator grew by {grown} KiB for {images.nbytes >> 10} KiB"
@@ -150,17 +133,7 @@ def test_worker_memory_bounds_the_batch_results_a_worker_holds(tmp_path):
             write_nmnist(folder / f"{i:05d}.bin", events)
     results_kib = 3000 * (len(events) * EVENT_DTYPE.itemsize + 32 * 2 * 34 * 34 * 2) >> 10
 
-    launch = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", WORKER_SCRIPT]
-    done = subprocess.run(
-        [*launch, str(raw), str(store), "16GiB", "100MiB"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    peaks = json.loads(done.stdout.strip().splitlines()[-1])
+    peaks = fresh_process_json(WORKER_SCRIPT, str(raw), str(store), "16GiB", "100MiB")
     print(f"worker [peak RSS KiB, bytes spilled]: {peaks}; results {results_kib} KiB")
     assert peaks["16GiB"][1] == 0, peaks
     assert peaks["100MiB"][1] > results_kib * 1024 / 10, peaks

@@ -6,11 +6,9 @@ one thing, and expects a FAULT line naming the array, never a traceback and neve
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,7 @@ from storage.repo import BRANCH, open_repository
 from storage.schema import EVENT_DTYPE, FrameSpec
 from storage.verify import events_digest, verify_store
 from storage.writer import Transaction
-from tests.conftest import ROOT, tmkt_command
+from tests.conftest import ROOT, fresh_process_json, tmkt_command
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +198,6 @@ def test_verify_reads_only_regular_raw_inputs_that_the_build_hashed(
     tmp_path: Path, real_data_dir: Path
 ) -> None:
     """A FIFO or a link loop quarantined at listing is not re-read; an input turned FIFO is a fault."""
-    import os
 
     raw = tmp_path / "raw"
     for digit in ("1", "7"):
@@ -413,18 +410,7 @@ def test_verify_memory_is_bounded_by_a_block(tmp_path: Path) -> None:
     """
     spec = FrameSpec(time_bins=2, size=(4, 4), window_us=10_000)
     write_large_store(tmp_path / "s", spec)
-    # through a shell that forks it: an exec'd child inherits its parent's peak RSS as its own
-    launch = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", VERIFY_SCRIPT]
-    done = subprocess.run(
-        [*launch, str(tmp_path / "s")],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = fresh_process_json(VERIFY_SCRIPT, str(tmp_path / "s"), timeout=100)
     grown = (result["verified"] - result["opened"]) >> 10
     print(f"verify peak RSS grew by {grown} MiB: {result}")
     assert result["faults"] == []

@@ -268,7 +268,7 @@ def _tonic_reader(g: Geometry):
     return read_dvs128
 
 
-def child_train(store: str, out: str, budget: int, steps: int) -> dict[str, Any]:
+def child_train(store: str, out: str, budget: int, steps: int, device: str = "cpu") -> dict[str, Any]:
     """One epoch of ``tmkt train`` (tmkt's mixing, ``small``, one forward per step), then its result."""
     from tmkt.config import main
 
@@ -285,7 +285,7 @@ def child_train(store: str, out: str, budget: int, steps: int) -> dict[str, Any]
         f"max_resident_bytes={budget}",
         "val_every=0",
         "checkpoint_every=0",
-        "device=cpu",
+        f"device={device}",
     ]
     started = time.perf_counter()
     main(args)
@@ -399,6 +399,30 @@ def measure_training(store: str, work: Path, steps: int, progress: Progress) -> 
     out["eval"] = in_child(f"child_eval({str(work / 'train-resident' / 'checkpoint.pt')!r}, {store!r})")
     progress.done("tmkt eval (test split)", out["eval"]["seconds"])
     return out
+
+
+def streaming_epoch(n: int, out: Path, device: str, seed_raw: Path | None = None) -> dict[str, Any]:
+    """One training epoch of an ``n``-recording N-MNIST tree streaming under a quarter of its split
+    on ``device`` (`scripts/gpu_checks.sh`): samples/s and the data-wait share of a step. The
+    statics are the built-in source's digits as an MNIST IDX pair (no download on a GPU machine)."""
+    from benches.stream import default_budget
+    from pipelines.formats.idx import write_idx
+    from pipelines.sources.builtin import digit_images
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        make_tree(NMNIST, nmnist_seeds(seed_raw, scratch), n, scratch / "raw")
+        images, labels = digit_images()
+        (scratch / "static").mkdir()
+        write_idx(scratch / "static" / "train-images-idx3-ubyte", images)
+        write_idx(scratch / "static" / "train-labels-idx1-ubyte", labels.astype(np.uint8))
+        config = {"source": "nmnist", "raw": str(scratch / "raw"), "time_bins": TIME_BINS}
+        config["static"] = str(scratch / "static")
+        store = str(scratch / "store")
+        build = in_child(f"child_build({dict(config, store=store)!r}, 2, False)")
+        budget = default_budget(store)
+        train = in_child(f"child_train({store!r}, {str(out / 'run')!r}, {budget}, 0, {device!r})")
+    return {"recordings": n, "build_seconds": build["seconds"], "stream_budget_bytes": budget, **train}
 
 
 class Progress:

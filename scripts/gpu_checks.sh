@@ -6,7 +6,9 @@
 # 2. `tmkt bench loader` (GPU samples/s, data-wait share of a training step);
 # 3. `tmkt bench train` per backbone (bf16), eager and compiled, resident and streaming (budget
 #    STREAM_BYTES: the data-wait share of a step when the split streams);
-# 4. the method comparison grid on STORE within EXPERIMENT_SECONDS, then its report (tar under OUT).
+# 4. one training epoch of SCALE_SIZE N-MNIST recordings streaming under a quarter of the split
+#    (`benches.scale.streaming_epoch`: samples/s and the data-wait share of a step);
+# 5. the method comparison grid on STORE within EXPERIMENT_SECONDS, then its report (tar under OUT).
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 STORE=${STORE:-data/nmnist}
@@ -18,6 +20,9 @@ PARALLEL=${PARALLEL:-8}
 # the rest of configs/nmnist-small.toml are the TrainConfig defaults
 TRAIN_ARGS=${TRAIN_ARGS:-"eval_split=unused"}
 BENCH=${BENCH:-1}
+# the streaming epoch at scale: links to these N-MNIST files (the built-in simulator's when absent)
+SCALE_SIZE=${SCALE_SIZE:-70000}
+SCALE_SEEDS=${SCALE_SEEDS:-shared/data/nmnist}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -53,6 +58,13 @@ timeout 240 $PY -m flows.cli bench train --store "$STORE" --json "$OUT/bench_tra
   --warmup 3 --backbones vgg_snn,cnn3 --max-resident-bytes "$STREAM_BYTES" \
   >>"$log" 2>&1 || echo "bench train (streaming) failed: $?" | tee -a "$log"
 fi
+
+step "one training epoch of ${SCALE_SIZE} recordings streaming under a quarter of the split"
+timeout 900 $PY -c "
+import json, sys; from pathlib import Path; from benches.scale import streaming_epoch
+r = streaming_epoch($SCALE_SIZE, Path('$OUT'), 'cuda', Path('$SCALE_SEEDS'))
+Path('$OUT/scale_stream_epoch.json').write_text(json.dumps(r, indent=2)); print(json.dumps(r))
+" >>"$log" 2>&1 || echo "streaming epoch at scale failed: $?" | tee -a "$log"
 
 step "experiment grid (${BUDGET}s)"
 deadline=$(( $(date +%s) + BUDGET ))

@@ -12,6 +12,7 @@ import subprocess
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,19 +27,24 @@ from storage.writer import Transaction
 from tests.conftest import ROOT, fresh_process_json, tmkt_command
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("verify")
+def build_builtin(root: Path, **options: Any) -> Path:
+    """A healthy store of the built-in source, 4 recordings per class, built on one worker."""
     config = BuildConfig(
         source="builtin",
         raw=str(root / "raw"),
         store=str(root / "store"),
         workers=1,
         source_options={"recordings_per_class": 4},
+        **options,
     )
     assert run_build(config).committed
     assert verify_store(config.store) == []
     return Path(config.store)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_builtin(tmp_path_factory.mktemp("verify"))
 
 
 @pytest.fixture
@@ -236,17 +242,7 @@ BLOCKS = [(1, 1), (20_000, 200_000), (1 << 40, 1 << 40)]
 @pytest.fixture(scope="module")
 def built_windows(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A build whose frames count only the events inside fixed windows (`_events_in_windows`)."""
-    root = tmp_path_factory.mktemp("verify-windows")
-    config = BuildConfig(
-        source="builtin",
-        raw=str(root / "raw"),
-        store=str(root / "store"),
-        workers=1,
-        window_us=20_000,
-        source_options={"recordings_per_class": 4},
-    )
-    assert run_build(config).committed
-    return Path(config.store)
+    return build_builtin(tmp_path_factory.mktemp("verify-windows"), window_us=20_000)
 
 
 def verify_in_blocks(store: Path, monkeypatch: pytest.MonkeyPatch, events: int, piece: int) -> list[str]:

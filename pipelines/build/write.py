@@ -122,7 +122,7 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
             return _unchanged(plan, changes)
 
     started = time.perf_counter()
-    places = contiguous_places(client, len(batches))
+    places = _contiguous_places(client, len(batches))
     futures = [
         client.submit(process_batch, plan_future, b, h, pure=False, workers=w, allow_other_workers=True)
         for b, h, w in zip(batches, hashed, places, strict=True)
@@ -163,7 +163,7 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
     return BuildResult(snapshot, True, report)
 
 
-def contiguous_places(client: Any, batches: int) -> list[list[str]]:
+def _contiguous_places(client: Any, batches: int) -> list[list[str]]:
     """A worker for each batch, in contiguous runs: worker k takes the k-th block of batches.
 
     A shard is written where most of its batches are; when batches were spread round-robin, every

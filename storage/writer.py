@@ -20,6 +20,7 @@ import icechunk
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.sync import sync
 
 from storage import layout
 from storage.digests import array_record, arrays_below, digest_parts, hash_array, part_count, part_rows
@@ -40,6 +41,12 @@ BULK_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 def shard_rows(kind: str) -> int:
     """Rows per shard for arrays of a kind: "events" (flat) or "samples" (one row per item)."""
     return EVENT_SHARD if kind == "events" else SAMPLE_SHARD
+
+
+#: The room of an open-ended array (`Transaction.growing_target`) before its rows are known: this
+#: many shards (Icechunk's split manifests fail on 2^34), and never more elements than an int64 counts.
+OPEN_SHARDS = 1 << 30
+OPEN_ELEMENTS = 1 << 62
 
 
 #: `Transaction(expected_parent=ANY_PARENT)` skips the check that the branch has not moved.
@@ -106,6 +113,7 @@ class Transaction:
             self._lock.__exit__(None, None, None)
             raise
         self._parts: dict[str, dict[int, str]] = {}
+        self._rows: dict[str, int | None] = {}  # open-ended arrays: rows, once known
         self.started = time.time()
 
     def __enter__(self) -> Transaction:
@@ -139,6 +147,23 @@ class Transaction:
     def shard_target(self, name: str, shape: Sequence[int], dtype: Any, kind: str = "samples") -> ShardTarget:
         """`create_array` for parallel writers: they get a target, and return `WriteToken`s."""
         return ShardTarget(self.create_array(name, shape, dtype, kind))
+
+    def growing_target(
+        self, name: str, row_shape: Sequence[int], dtype: Any, kind: str = "samples"
+    ) -> ShardTarget:
+        """`shard_target` for an array whose length is not known yet: writers fill shards as their
+        rows become known (a build writes each shard as soon as the recordings before it are
+        counted, so no worker holds all its results), and `set_rows` gives the length before
+        `commit`. Its shards are full-sized whatever the final length."""
+        rows = min(
+            shard_rows(kind) * OPEN_SHARDS, OPEN_ELEMENTS // max(1, int(np.prod(row_shape, dtype=np.int64)))
+        )
+        self._rows[name] = None
+        return self.shard_target(name, (rows, *row_shape), dtype, kind)
+
+    def set_rows(self, name: str, rows: int) -> None:
+        """The final length of a `growing_target` array; rows past it must not have been written."""
+        self._rows[name] = int(rows)
 
     def write_array(self, name: str, data: np.ndarray) -> zarr.Array:
         """A small array written at once by the coordinator (labels, offsets, ...)."""
@@ -183,11 +208,24 @@ class Transaction:
         commit once."""
         self.session.merge(self.fork)
         root = zarr.open_group(self.session.store, mode="r+")
+        self._set_lengths(root)
         root.attrs[layout.DIGESTS] = self._records(root)
         try:
             return self.session.commit(message, metadata=metadata or {})
         except icechunk.ConflictError as err:
             raise StoreConflict(f"{self.path}: another build committed while this one wrote ({err})") from err
+
+    def _set_lengths(self, root: zarr.Group) -> None:
+        """Cut each growing array to its rows, in the merged session: a length set in the
+        coordinator's fork would differ from the writers' forks, which Icechunk refuses to merge.
+        Nothing lies past the rows, so no chunk is looked for or deleted (a search over the open
+        length's shards would take minutes)."""
+        unset = sorted(name for name, rows in self._rows.items() if rows is None)
+        if unset:
+            raise ValueError(f"growing arrays without their length (set_rows): {unset}")
+        for name, rows in self._rows.items():
+            array = root[name]
+            sync(array.async_array.resize((rows, *array.shape[1:]), delete_outside_chunks=False))
 
     def _records(self, root: zarr.Group) -> dict[str, Any]:
         """Digest records of every array; arrays written outside the targets are hashed here."""

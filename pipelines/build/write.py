@@ -21,28 +21,18 @@ import numpy as np
 from pipelines.build.cluster import dask_client
 from pipelines.build.config import BuildConfig, BuildError, jsonable
 from pipelines.build.plan import BuildPlan, plan_build, previous_reader, static_sha256
-from pipelines.build.process import (
-    BatchResult,
-    hash_batch,
-    load_static_rows,
-    probe_statics,
-    process_batch,
-    stat_batch,
-    static_root,
-)
+from pipelines.build.process import hash_batch, load_static_rows, probe_statics, stat_batch, static_root
 from pipelines.build.report import build_report, commit_message, find_changes
+from pipelines.build.stream import RecordingStream
 from pipelines.images import static_frames
 from pipelines.sources.base import StaticItems
 from storage import layout
 from storage.reader import DatasetReader
 from storage.repo import StoreConflict, writer_lock
-from storage.schema import EVENT_DTYPE, SPLITS
+from storage.schema import SPLITS
 from storage.writer import ShardTarget, Transaction, WriteToken
 
 log = logging.getLogger("tmkt.build")
-
-#: The kinds of a batch's output (`BatchResult.output`), each written to its own arrays.
-OUTPUTS = ("events", "frames")
 
 #: Plans a build makes at most when other writers keep committing to an object store first.
 CONFLICT_ATTEMPTS = 3
@@ -122,34 +112,16 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
             return _unchanged(plan, changes)
 
     started = time.perf_counter()
-    places = _contiguous_places(client, len(batches))
-    futures = [
-        client.submit(process_batch, plan_future, b, h, pure=False, workers=w, allow_other_workers=True)
-        for b, h, w in zip(batches, hashed, places, strict=True)
-    ]
-    metas = _gather_with_progress(client, [client.submit(BatchResult.meta, f) for f in futures], started)
-    outputs = {kind: [client.submit(BatchResult.output, f, kind) for f in futures] for kind in OUTPUTS}
-    del futures  # each batch's whole result is freed once its outputs are taken
-    plan.timings["process"] = time.perf_counter() - started
-    rows = [row for meta in metas for row in meta["rows"]]
-    if plan.previous_snapshot is None:
-        changes = find_changes(plan, rows)
-
-    quarantined = [r for r in rows if r["status"] != "ok"]
-    bad_fraction = len(quarantined) / max(1, len(rows))
-    if bad_fraction > plan.config.max_bad_fraction:
-        names = "; ".join(f"{r['path']}: {r['reason']}" for r in quarantined[:5])
-        raise BuildError(
-            f"{len(quarantined)} of {len(rows)} recordings are bad ({bad_fraction:.1%} > "
-            f"--max-bad-fraction {plan.config.max_bad_fraction:.1%}); nothing was committed. First: {names}"
-        )
-    if len(quarantined) == len(rows):
-        raise BuildError("no usable recordings; nothing was committed")
-
-    statics = _probe_statics(plan, client, plan_future)
-    started = time.perf_counter()
     with Transaction(plan.config.store, expected_parent=plan.previous_snapshot) as tx:
-        sensors = _write_recordings(tx, plan, client, outputs, metas, rows)
+        metas = RecordingStream(tx, plan, client, plan_future).run(batches, hashed, started)
+        plan.timings["process"] = time.perf_counter() - started
+        rows = [row for meta in metas for row in meta["rows"]]
+        if plan.previous_snapshot is None:
+            changes = find_changes(plan, rows)
+        bad_fraction = _check_bad(plan, rows)
+        statics = _probe_statics(plan, client, plan_future)
+        started = time.perf_counter()
+        sensors = _write_recording_columns(tx, plan, metas, rows)
         _write_statics(tx, plan, client, plan_future, statics)
         report = build_report(plan, rows, statics.rows, changes, bad_fraction)
         _write_provenance(tx, plan, rows + statics.rows, _common_sensor_size(sensors))
@@ -157,24 +129,9 @@ def execute_plan(plan: BuildPlan, client: Any, force: bool = False) -> BuildResu
         report["timings"] = dict(plan.timings)
         tx.set_report(jsonable(report))
         snapshot = tx.commit(commit_message(plan, changes), {"report": json.dumps(jsonable(report))})
-    client.cancel([f for kind in outputs.values() for f in kind])
     report["committed"] = True
     report["snapshot"] = snapshot
     return BuildResult(snapshot, True, report)
-
-
-def _contiguous_places(client: Any, batches: int) -> list[list[str]]:
-    """A worker for each batch, in contiguous runs: worker k takes the k-th block of batches.
-
-    A shard is written where most of its batches are; when batches were spread round-robin, every
-    shard task fetched half its batch results from the other workers (the whole result, every field
-    and frame, for each of its fields), and 2 workers wrote only 1.15x faster than one. A worker that
-    falls behind still has its batches taken by the others (the placement is a preference).
-    """
-    workers = sorted(client.scheduler_info()["workers"])
-    if len(workers) < 2:  # no preference (Dask refuses allow_other_workers with workers=None)
-        return [[]] * batches
-    return [[workers[i * len(workers) // batches]] for i in range(batches)]
 
 
 def noop_refresh(plan: BuildPlan, force: bool = False) -> BuildResult | None:
@@ -211,31 +168,6 @@ def _hash_refresh(plan: BuildPlan, plan_future: Any, client: Any, batches: list[
         "refresh: hashed %d of %d batches; the rest are unchanged by size and mtime", len(stale), len(batches)
     )
     return hashed
-
-
-def _gather_with_progress(client: Any, futures: list[Any], started: float) -> list[Any]:
-    """Results in submission order, with a log line (and rates) about every 10 % of the work."""
-    from distributed import as_completed
-
-    done = recordings = events = 0
-    step = max(1, len(futures) // 10)
-    for future in as_completed(futures):
-        meta = future.result()
-        done += 1
-        recordings += len(meta["rows"])
-        events += int(meta["counts"].sum())
-        if done % step == 0 or done == len(futures):
-            seconds = max(time.perf_counter() - started, 1e-9)
-            log.info(
-                "processed %d/%d batches: %d recordings, %.2f M events (%.0f recordings/s, %.2f M events/s)",
-                done,
-                len(futures),
-                recordings,
-                events / 1e6,
-                recordings / seconds,
-                events / seconds / 1e6,
-            )
-    return client.gather(futures)
 
 
 @dataclass
@@ -327,78 +259,42 @@ def _stored_shape(sizes: set[tuple[int, int]], color: bool) -> tuple[int, int, i
     return height, width, 3 if color else 1
 
 
-def _write_recordings(
-    tx: Transaction,
-    plan: BuildPlan,
-    client: Any,
-    outputs: dict[str, list[Any]],
-    metas: list[dict[str, Any]],
-    rows: list[dict],
-) -> np.ndarray:
-    """Write every recording's arrays and frames; returns the ``[N, 2]`` sensor sizes.
+def _check_bad(plan: BuildPlan, rows: list[dict]) -> float:
+    """The share of bad recordings; past ``--max-bad-fraction``, or with none good, the build fails
+    with one line naming the first bad files (the transaction is then never committed)."""
+    quarantined = [r for r in rows if r["status"] != "ok"]
+    bad_fraction = len(quarantined) / max(1, len(rows))
+    if bad_fraction > plan.config.max_bad_fraction:
+        names = "; ".join(f"{r['path']}: {r['reason']}" for r in quarantined[:5])
+        raise BuildError(
+            f"{len(quarantined)} of {len(rows)} recordings are bad ({bad_fraction:.1%} > "
+            f"--max-bad-fraction {plan.config.max_bad_fraction:.1%}); nothing was committed. First: {names}"
+        )
+    if len(quarantined) == len(rows):
+        raise BuildError("no usable recordings; nothing was committed")
+    return bad_fraction
 
-    The big arrays are written where the batches are: one Dask task per shard takes the batch
-    results that overlap it, writes the whole shard and returns the store's token for the commit.
-    """
+
+def _write_recording_columns(
+    tx: Transaction, plan: BuildPlan, metas: list[dict[str, Any]], rows: list[dict]
+) -> np.ndarray:
+    """The per-recording arrays beside the streamed events and frames (offsets, labels, splits,
+    sensor sizes, the recording of each slice); returns the ``[N, 2]`` sensor sizes."""
     counts = np.concatenate([m["counts"] for m in metas])
     sensors = np.concatenate([m["sensors"] for m in metas])
     good = [r for r in rows if r["status"] == "ok"]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    tx.write_array(layout.OFFSETS, offsets)
+    tx.write_array(layout.OFFSETS, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
     tx.write_array(layout.LABEL, np.array([r["label"] for r in good], dtype=np.int16))
     tx.write_array(layout.SPLIT, np.array([SPLITS.index(r["split"]) for r in good], dtype=np.uint8))
     tx.write_array(layout.WIDTH, sensors[:, 0].astype(np.uint16))
     tx.write_array(layout.HEIGHT, sensors[:, 1].astype(np.uint16))
-
-    event_rows = [int(m["counts"].sum()) for m in metas]
-    writes = []
-    for name in EVENT_DTYPE.names:
-        shape = (int(offsets[-1]),)
-        target = tx.shard_target(layout.EVENT_FIELDS[name], shape, EVENT_DTYPE[name], kind="events")
-        writes += _shard_writes(client, target, name, outputs["events"], event_rows)
     for spec in plan.specs:
         tx.set_frame_spec(spec)
-        samples = [m["samples"][spec.key] for m in metas]  # per batch: samples of each recording
-        sample_rows = [int(s.sum()) for s in samples]
-        shape = (sum(sample_rows), spec.time_bins, 2, *spec.size)
-        target = tx.shard_target(layout.event_frames(spec.key), shape, np.uint16)
-        writes += _shard_writes(client, target, spec.key, outputs["frames"], sample_rows)
         if spec.slices:
-            per_recording = np.concatenate(samples)
+            per_recording = np.concatenate([m["samples"][spec.key] for m in metas])
             recording = np.repeat(np.arange(len(per_recording)), per_recording)
             tx.write_array(layout.frame_recordings(spec.key), recording.astype(np.int64))
-    _merge_as_completed(tx, writes)
     return sensors
-
-
-def _shard_writes(
-    client: Any, target: ShardTarget, name: str, outputs: list[Any], rows: list[int]
-) -> list[Any]:
-    """One task per shard of ``target``; batch ``i``'s output holds the next ``rows[i]`` rows of
-    its array ``name``."""
-    starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
-    shard = target.rows_per_shard
-    tasks = []
-    for first in range(0, int(starts[-1]), shard):
-        last = min(first + shard, int(starts[-1]))
-        # the batches with rows in [first, last): from the one holding row `first` to the last one
-        # that starts before `last`
-        lo, hi = np.searchsorted(starts, first, "right") - 1, np.searchsorted(starts, last, "left")
-        overlap = [i for i in range(lo, hi) if rows[i]]
-        parts = [outputs[i] for i in overlap]
-        at = int(starts[overlap[0]])
-        tasks.append(client.submit(_write_shard, target, name, first, last, at, *parts, pure=False))
-    return tasks
-
-
-def _write_shard(
-    target: ShardTarget, name: str, first: int, last: int, at: int, *parts: dict[str, np.ndarray]
-) -> WriteToken:
-    """Write rows ``[first, last)`` of ``target`` from the batch outputs (`BatchResult.output`) whose
-    array ``name`` starts at row ``at``; returns the store's token of the write, for the commit."""
-    pieces = [output[name] for output in parts]
-    data = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-    return target.write(first, last, data[first - at : last - at])
 
 
 def _write_statics(

@@ -498,23 +498,26 @@ def table(results: list[dict[str, Any]], rows: dict[str, Any], unit: str) -> str
 
 
 def ratios(results: list[dict[str, Any]]) -> str:
-    """Per size: events/s, the build against tonic's loop, 2 workers against 1, store against raw."""
+    """Per size: events/s, the build against tonic's loop, 2 workers against 1, store against raw,
+    and the epoch streamed against the resident one (samples/s, and test accuracy after it)."""
     lines = [
         "| recordings | events | build events/s, 1 / 2 workers | 1 worker / tonic loop | "
-        "2 workers / 1 | 1 worker / tonic DiskCached | store / raw size | stream / resident samples/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "2 workers / 1 | 1 worker / tonic DiskCached | store / raw size | stream / resident samples/s | "
+        "test accuracy after the epoch, resident / stream |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         one, two, tonic = r["build_1"], r["build_2"], r["tonic"]
         stream = r.get("train", {})
-        stream_ratio = (
-            f"{stream['stream']['samples_per_s'] / stream['resident']['samples_per_s']:.2f}" if stream else ""
-        )
+        stream_ratio = accuracy = ""
+        if stream:
+            stream_ratio = f"{stream['stream']['samples_per_s'] / stream['resident']['samples_per_s']:.2f}"
+            accuracy = " / ".join(f"{stream[k]['test_accuracy']:.1%}" for k in ("resident", "stream"))
         lines.append(
             f"| {r['recordings']:,} | {one['events'] / 1e6:,.1f} M | {one['events_per_s'] / 1e6:.1f} M / "
             f"{two['events_per_s'] / 1e6:.1f} M | {tonic['loop_seconds'] / one['seconds']:.2f}x | "
             f"{one['seconds'] / two['seconds']:.2f}x | {tonic['cached_seconds'] / one['seconds']:.2f}x | "
-            f"{r['store_bytes'] / r['raw_bytes']:.2f} | {stream_ratio} |"
+            f"{r['store_bytes'] / r['raw_bytes']:.2f} | {stream_ratio} | {accuracy} |"
         )
     return "\n".join(lines)
 

@@ -74,6 +74,22 @@ def assign_splits(
     return out
 
 
+def store_order(splits: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """The order in which a build stores its recordings: split by split (in ``SPLITS`` order), and
+    within a split by each item's draw ``u``, so classes are interleaved at random.
+
+    Why: a listing comes class by class (``Train/0/...``), and a shard of 256 recordings in that
+    order holds one class. A loader that streams whole shards (``tmkt.shards``) under a budget of a
+    few shards then trains on a few classes at a time: one epoch of 10,000 N-MNIST recordings
+    streamed under a quarter of the split scored 30 % where the resident epoch scored 83 %. Ordered by
+    ``u`` every shard is a random sample of its split, each split's rows are contiguous (a split
+    streams only its own shards), and the order is stable: a refresh keeps the kept recordings'
+    relative order and puts each new one at its draw.
+    """
+    split_index = np.array([SPLITS.index(str(s)) for s in splits], dtype=np.int64)
+    return np.lexsort((np.asarray(draws), split_index))
+
+
 def split_rule_text(val_fraction: float, test_fraction: float, seed: int) -> str:
     """The rule as recorded in the store, so that a reader knows how its splits were made."""
     return (

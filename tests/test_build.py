@@ -245,3 +245,31 @@ def test_ingest_bench_reports_every_number(tmp_path):
         stages = result[f"stages_{workers}"]
         assert {"plan", "process", "write", "total"} <= set(stages)
         assert stages["plan"] + stages["process"] + stages["write"] <= stages["total"]
+
+
+@needs_real
+def test_store_interleaves_classes_and_a_refresh_keeps_the_order(tmp_path, client):
+    """The download lists N-MNIST digit by digit; the store holds each split's recordings in one
+    run, classes interleaved (`store_order`), so that any shard is a sample of its split. A refresh
+    that adds files keeps the order of the recordings it reuses, and their events."""
+    copy_subset(tmp_path / "raw", 12)
+    config = BuildConfig(source="nmnist", raw=str(tmp_path / "raw"), store=str(tmp_path / "s"), workers=2)
+    assert run_build(config, client=client).committed
+    before = DatasetReader(tmp_path / "s")
+    assert before.splits.tolist() == sorted(before.splits.tolist())
+    train = before.labels[before.splits == 0]
+    assert (
+        len(train) > 90 and [len(set(train[i : i + 20].tolist())) > 5 for i in range(0, 80, 20)] == [True] * 4
+    )
+    events = {path: before.events(i) for i, path in enumerate(before.sources)}
+
+    more = sorted((REAL / "nmnist" / "Train" / "3").glob("*.bin"))[12:18]
+    for f in more:
+        shutil.copy(f, tmp_path / "raw" / "Train" / "3" / f.name)
+    assert run_build(config, client=client).committed
+    after = DatasetReader(tmp_path / "s")
+    assert after.n_recordings == 126
+    assert [p for p in after.sources if p in events] == before.sources
+    for i, path in enumerate(after.sources):
+        if path in events:
+            np.testing.assert_array_equal(after.events(i), events[path])

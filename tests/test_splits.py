@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.splits import assign_splits, split_rule_text
+from pipelines.splits import assign_splits, split_draws, split_rule_text, store_order
+from storage.schema import SPLITS
 
 
 def make_items(n_per_class: int, classes: int = 5) -> tuple[np.ndarray, list[str]]:
@@ -79,3 +80,25 @@ def test_zero_fractions_and_bad_arguments():
 def test_rule_text_names_the_parameters():
     text = split_rule_text(0.1, 0.1, seed=5)
     assert "seed=5" in text and "u < 0.1" in text and "u < 0.2" in text
+
+
+def test_store_order_groups_splits_and_interleaves_classes():
+    labels, keys = make_items(100, classes=4)  # class by class, as a listing comes
+    splits = assign_splits(labels, [None] * len(labels), 0.1, 0.1, seed=3, keys=keys)
+    order = store_order(splits, split_draws(labels, keys, seed=3))
+    assert sorted(order.tolist()) == list(range(len(labels)))
+    stored = [SPLITS.index(s) for s in splits[order]]
+    assert stored == sorted(stored)  # each split's rows are contiguous, in SPLITS order
+    train = labels[order][: stored.count(0)]
+    assert all(len(set(train[i : i + 32].tolist())) == 4 for i in range(0, len(train) - 32, 32))
+
+
+def test_store_order_of_kept_items_survives_additions():
+    def stored(n_per_class: int) -> list[str]:
+        labels, keys = make_items(n_per_class)
+        splits = assign_splits(labels, [None] * len(labels), 0.1, 0.1, seed=5, keys=keys)
+        return np.array(keys)[store_order(splits, split_draws(labels, keys, seed=5))].tolist()
+
+    before, after = stored(100), stored(130)
+    kept = set(before)
+    assert [k for k in after if k in kept] == before

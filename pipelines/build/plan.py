@@ -18,7 +18,7 @@ import numpy as np
 
 from pipelines.build.config import BuildConfig, BuildError, jsonable
 from pipelines.sources.base import EventItem, Listing, StaticItems
-from pipelines.splits import assign_splits
+from pipelines.splits import assign_splits, split_draws, store_order
 from storage.reader import DatasetReader
 from storage.repo import StoreNotFound
 from storage.schema import FrameSpec
@@ -30,7 +30,7 @@ RACY_NS = 2_000_000_000
 
 @dataclass
 class Work:
-    """One recording to produce, in store order."""
+    """One recording to produce, in store order (`pipelines.splits.store_order`)."""
 
     item: EventItem
     split: str
@@ -91,17 +91,18 @@ def plan_build(config: BuildConfig) -> BuildPlan:
         unchanged_params = previous.attrs.get("data_params") == jsonable(config.data_params())
 
     labels = np.array([item.label for item in listing.events])
+    keys = [item.path for item in listing.events]
     splits = assign_splits(
         labels,
         [item.split for item in listing.events],
         config.val_fraction,
         config.effective_test_fraction(),
         config.seed,
-        keys=[item.path for item in listing.events],
+        keys=keys,
     )
     work = [
-        Work(item, str(split), prev_rows.get(item.path), prev_index.get(item.path))
-        for item, split in zip(listing.events, splits, strict=True)
+        Work(listing.events[i], str(splits[i]), prev_rows.get(keys[i]), prev_index.get(keys[i]))
+        for i in store_order(splits, split_draws(labels, keys, config.seed))
     ]
     statics = listing.statics if isinstance(listing.statics, StaticItems) else StaticItems.of(listing.statics)
     listed = {w.item.path for w in work} | set(statics.paths)

@@ -135,12 +135,15 @@ class _PreviousBatch:
             return cls()
         previous = previous_reader(plan.config.store, plan.previous_snapshot)
         offsets = previous.offsets
-        first, last = int(offsets[wanted[0]]), int(offsets[wanted[-1] + 1])
-        block = previous.events_range(first, last)
+        events = {}
+        for run in _runs(wanted):
+            first, last = int(offsets[run[0]]), int(offsets[run[-1] + 1])
+            block = previous.events_range(first, last)
+            events.update({i: block[offsets[i] - first : offsets[i + 1] - first] for i in run})
         have = previous.frame_keys()
         index = np.array(wanted)
         return cls(
-            events={i: block[offsets[i] - first : offsets[i + 1] - first] for i in wanted},
+            events=events,
             sensors={i: tuple(int(v) for v in previous.sensor_sizes[i]) for i in wanted},
             frames={
                 spec.key: dict(zip(wanted, previous.event_frames(spec.key, index), strict=True))
@@ -160,6 +163,18 @@ class _PreviousBatch:
         if w.previous_index not in self.events:
             return None
         return self.events[w.previous_index], self.sensors[w.previous_index]
+
+
+#: Previous recordings of a batch further apart than this are read as separate ranges: a store
+#: written before `store_order` holds a batch's recordings all over it, and one range from the
+#: first to the last would be the whole store, for every batch.
+MAX_GAP = 8
+
+
+def _runs(indices: list[int]) -> list[list[int]]:
+    """Sorted ``indices`` cut where two neighbours are more than `MAX_GAP` apart."""
+    cuts = [k for k in range(1, len(indices)) if indices[k] - indices[k - 1] > MAX_GAP]
+    return [indices[a:b] for a, b in zip([0, *cuts], [*cuts, len(indices)], strict=True)]
 
 
 def _manifest_row(raw: Path, w: Work, rehash: bool, read: bool = True) -> dict[str, Any]:

@@ -188,9 +188,11 @@ def test_killed_build_leaves_previous_snapshot_and_rerun_completes(tmp_path, cli
         str(store),
         "--workers",
         "1",
+        "--batch-size",
+        "30",
     ]
-    # kill when the build reports its first processed batch (decoding under way), then when it
-    # reports the last one (the shard writes and the commit are next)
+    # kill when the build reports its first processed batch of ten (decoding under way), then when
+    # it reports the last one (the last shard writes and the commit are next)
     killed_before_commit = 0
     for trigger in ("processed 1/10 batches", "processed 10/10 batches"):
         proc = subprocess.Popen(

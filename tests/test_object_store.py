@@ -104,7 +104,7 @@ def test_training_streams_from_s3(s3_store, tmp_path):
     from tmkt.streaming import StreamConfig, StreamedData, load_split
     from tmkt.train import train
 
-    run_build(builtin_config(tmp_path / "raw", s3_store, 30))  # 300 recordings: two shards
+    run_build(builtin_config(tmp_path / "raw", s3_store, 40))  # 400 recordings: 2 shards of train
     streamed = load_split(s3_store, stream=StreamConfig(max_resident_bytes=BUDGET))
     assert isinstance(streamed, StreamedData) and len(streamed.event_frames.shards) == 2
     n_train = len(streamed.event_labels)

@@ -171,3 +171,29 @@ def test_every_method_option_is_a_train_config_knob_and_reaches_the_method() -> 
     method = TrainConfig(method="tsm", ratio_kind="linear", **changed).method_config()
     assert (method.name, method.schedule.kind) == ("tsm", "linear")
     assert {name: getattr(method, name) for name in options} == changed
+
+
+def test_batches_hold_at_most_batch_size_recordings_and_16_mib_of_raw_files(tmp_path):
+    """Small files go ``batch_size`` to a task; large ones as many as fit in `BATCH_BYTES`, and a
+    file larger than that alone. Every recording is in one batch, in store order."""
+    from pipelines.build.plan import BATCH_BYTES, plan_build
+
+    sizes = {"small": 1000, "large": 6 << 20, "huge": 20 << 20}
+    for digit, kind in enumerate(("small", "small", "large", "huge")):
+        folder = tmp_path / "raw" / "Train" / str(digit)
+        folder.mkdir(parents=True)
+        for i in range({"small": 9, "large": 5, "huge": 2}[kind]):
+            (folder / f"{i}.bin").write_bytes(b"\0" * sizes[kind])
+    plan = plan_build(
+        BuildConfig(source="nmnist", raw=str(tmp_path / "raw"), store=str(tmp_path / "s"), batch_size=4)
+    )
+    batches = plan.batches()
+    assert [i for b in batches for i in b] == list(range(25))
+    raw = plan.raw_sizes()
+    assert sorted(raw) == [1000] * 18 + [6 << 20] * 5 + [20 << 20] * 2
+    for batch in batches:
+        held = [raw[i] for i in batch]
+        assert len(batch) <= 4 and (sum(held) <= BATCH_BYTES or len(batch) == 1), held
+    # greedy: a batch is cut only when the next recording would break a limit
+    for batch, after in zip(batches, batches[1:], strict=False):
+        assert len(batch) == 4 or sum(raw[i] for i in batch) + raw[after[0]] > BATCH_BYTES

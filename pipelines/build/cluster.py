@@ -17,8 +17,9 @@ def local_cluster(workers: int, memory: str = BuildConfig.worker_memory) -> Any:
     """A LocalCluster of ``workers`` single-threaded worker processes, without a dashboard, each
     with ``memory`` (at most the machine's memory over ``workers``).
 
-    Past Dask's thresholds of that memory a worker spills the oldest batch results to its local
-    folder; it is never paused or restarted for its memory, since both would stall or fail a build
+    A build's worker holds a few batches and the shards being filled (`pipelines.build.stream`);
+    past Dask's ``target`` share of that memory it would move the oldest results to its local
+    folder. It is never paused or restarted for its memory, since both would stall or fail a build
     whose results are still to be written.
 
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so that they hand freed memory

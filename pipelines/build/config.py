@@ -77,15 +77,15 @@ class BuildConfig:
     seed: int = param(0, "seed of the split assignment")
     workers: int = param(2, "Dask workers of the local cluster")
     dask_address: str | None = param(None, "use an existing Dask scheduler (tcp://host:port)")
-    # Batch results wait in the workers until their shards are written; past 60 % of this, Dask
-    # moves the oldest to the worker's local folder, so the results a worker holds are bounded by
-    # this, not by the dataset (70,000 N-MNIST recordings: 6.3 GB of results in one worker)
+    # Dask's memory_limit of each local worker. A worker holds a few batches and the shards being
+    # filled (350 MB of peak RSS for 70,000 N-MNIST files on one worker); past 60 % of this, Dask
+    # would move the oldest results to the worker's local folder.
     worker_memory: str = param(
         "8GiB",
-        "memory of each local Dask worker (at most the machine's share); results past it spill to disk",
+        "memory of each local Dask worker (at most the machine's share); past 60 % of it, results spill",
     )
     max_bad_fraction: float = param(0.1, "fail past this share of bad recordings")
-    batch_size: int = param(32, "recordings per Dask task")
+    batch_size: int = param(128, "most recordings per Dask task (fewer past 16 MiB of raw files)")
     rehash: bool = param(
         False,
         "hash every raw file, even one whose size and mtime match the previous snapshot (a refresh"

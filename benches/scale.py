@@ -607,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_at_start": os.getloadavg(),
         "train_steps": args.train_steps,
     }
+    if args.scratch is not None:
+        args.scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
         scratch = Path(tmp)
         seeds = {NMNIST.name: nmnist_seeds(args.seed_raw, scratch)}

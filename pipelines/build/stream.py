@@ -116,8 +116,7 @@ class RecordingStream:
             if future is None:
                 break
             if future.key not in batch_of:  # a shard write
-                tokens = future.result()
-                self.tx.merge(tokens if isinstance(tokens, list) else [tokens])
+                self.tx.merge(future.result())
                 continue
             batch = batch_of.pop(future.key)
             metas[batch] = future.result()
@@ -221,9 +220,9 @@ def _write_event_shard(
 
 def _write_frame_shard(
     target: ShardTarget, key: str, first: int, last: int, at: int, *parts: dict[str, np.ndarray]
-) -> WriteToken:
+) -> list[WriteToken]:
     """Rows ``[first, last)`` of frame key ``key``, from batch outputs starting at row ``at``."""
-    return _rows(target, key, first, last, at, parts)
+    return [_rows(target, key, first, last, at, parts)]
 
 
 def _rows(
